@@ -1,0 +1,40 @@
+# daxfs — `make test` is the one command CI runs (.ci/run); it installs what it needs itself.
+SHELL := /bin/bash
+VENV  ?= .venv
+PY    := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+APT_PKGS := fuse3 libfuse3-dev pkg-config
+
+.PHONY: test deps venv demo crash bench lint clean
+
+deps:  ## system packages pyfuse3 compiles against and fusermount3 (needs root on a fresh Debian machine)
+	@missing=""; for p in $(APT_PKGS); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing:$$missing"; \
+	  if [ "$$(id -u)" != 0 ]; then SUDO=sudo; fi; \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq $$missing; \
+	fi
+
+$(STAMP): pyproject.toml | deps
+	python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[dev]'
+	touch $(STAMP)
+
+venv: deps $(STAMP)
+
+test: venv  ## unit tests, integration tests on real mounts, a short crash campaign
+	$(VENV)/bin/lint-imports
+	$(PY) -m pytest -q
+
+demo: venv
+	$(PY) tools/demo.py
+
+crash: venv  ## the long crash campaigns
+	$(PY) -m pytest -q -m slow
+
+bench: venv
+	$(PY) tools/bench_engine.py
+
+clean:
+	rm -rf $(VENV) build *.egg-info .pytest_cache .hypothesis

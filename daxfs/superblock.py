@@ -1,0 +1,46 @@
+"""The two superblock copies (blocks 0 and 1).
+
+A superblock is rewritten in place, so a torn write could destroy it; two copies alternate instead.
+Each write goes to the copy the current one is not, with a higher generation, and is persisted before
+anyone relies on it. Reading takes the valid copy with the higher generation.
+"""
+
+from __future__ import annotations
+
+from daxfs import format as fmt
+from daxfs.errors import CorruptImage, NotDaxfs
+from daxfs.pmem import PmemRegion
+
+
+def read_superblock(region: PmemRegion) -> fmt.Superblock:
+    if region.size < 2 * fmt.BLOCK_SIZE:
+        raise NotDaxfs(f"{region.path}: too small to be a daxfs image ({region.size} bytes)")
+    found: list[fmt.Superblock] = []
+    errors: list[str] = []
+    for blkno in (0, 1):
+        raw = region.load(blkno * fmt.BLOCK_SIZE, fmt.BLOCK_SIZE)
+        if raw[:4] != fmt.MAGIC:
+            errors.append(f"block {blkno}: no daxfs magic")
+            continue
+        try:
+            found.append(fmt.Superblock.unpack(raw, blkno))
+        except CorruptImage as e:
+            errors.append(str(e))
+    if not found:
+        if all("no daxfs magic" in e for e in errors):
+            raise NotDaxfs(f"{region.path}: not a daxfs image (no superblock magic)")
+        raise CorruptImage(f"{region.path}: no valid superblock ({'; '.join(errors)})", 0)
+    sb = max(found, key=lambda s: s.generation)
+    if sb.total_blocks * fmt.BLOCK_SIZE > region.size:
+        raise CorruptImage(f"{region.path}: superblock says {sb.total_blocks} blocks, the file holds "
+                           f"{region.size // fmt.BLOCK_SIZE}", 0)
+    return sb
+
+
+def write_superblock(region: PmemRegion, sb: fmt.Superblock) -> None:
+    """Write `sb` (with its generation advanced) to the other copy and persist it."""
+    sb.generation += 1
+    blkno = sb.generation % 2
+    region.store(blkno * fmt.BLOCK_SIZE, sb.pack(blkno))
+    region.persist(blkno * fmt.BLOCK_SIZE, fmt.BLOCK_SIZE)
+    region.fence()
