@@ -5,8 +5,10 @@ Every error a user can cause ends in one line on stderr and a non-zero exit, nev
 
 from __future__ import annotations
 
+import errno
 import functools
 import json
+import os
 import re
 import sys
 
@@ -118,6 +120,136 @@ def inspect(image: str, as_json: bool) -> None:
         width = max(len(k) for k in info)
         for k, v in info.items():
             click.echo(f"{k:<{width}}  {v}")
+
+
+@main.command()
+@click.argument("image", type=click.Path(dir_okay=False))
+@click.argument("mountpoint", type=click.Path(file_okay=False))
+@click.option("-o", "options", multiple=True, metavar="OPT[,OPT...]",
+              help="map_sync, commit=SECONDS (default 5), ro, allow_other, debug, nomsync, log=FILE, crash_at=POINT:N")
+@click.option("-f", "foreground", is_flag=True, help="stay in the foreground")
+@click.option("--ready-fd", type=int, default=None, hidden=True)
+@friendly()
+def mount(image: str, mountpoint: str, options: tuple[str, ...], foreground: bool, ready_fd: int | None) -> None:
+    """Mount IMAGE on MOUNTPOINT; returns once the mount answers (the daemon logs to IMAGE.log)."""
+    from daxfs import daemon
+
+    opts = daemon.parse_options(list(options))
+    image, mountpoint = os.path.abspath(image), os.path.abspath(mountpoint)
+    if not os.path.isfile(image):
+        raise DaxfsError(f"{image}: no such image")
+    if not foreground:
+        sys.exit(daemon.start_background(image, mountpoint, opts, click.echo))
+    ready = os.fdopen(ready_fd, "w", buffering=1) if ready_fd is not None else None
+
+    def tell(line: str) -> None:
+        if ready is not None:
+            ready.write(line + "\n")
+            if line == "ready":
+                ready.close()
+        elif line != "ready":
+            click.echo(line)
+
+    _log_to_stderr(opts.debug)
+    try:
+        daemon.serve(image, mountpoint, opts, tell)
+    except DaxfsError as e:
+        if ready is not None and not ready.closed:
+            tell(f"daxfs: {e}")
+        raise
+
+
+def _log_to_stderr(debug: bool) -> None:
+    import logging
+
+    logging.basicConfig(level=logging.DEBUG if debug else logging.INFO, stream=sys.stderr,
+                        format="%(asctime)s daxfs[%(process)d] %(levelname)s %(message)s")
+
+
+@main.command()
+@click.argument("mountpoint", type=click.Path(file_okay=False))
+@click.option("--lazy", "-l", is_flag=True, help="detach now even if files are open (umount -l)")
+@friendly()
+def umount(mountpoint: str, lazy: bool) -> None:
+    """Commit, checkpoint, mark the image clean and unmount; cleans up a dead mount too."""
+    from daxfs.daemon import unmount
+
+    unmount(os.path.abspath(mountpoint), click.echo, lazy=lazy)
+
+
+def _xattr(path: str, name: str) -> bytes:
+    try:
+        return os.getxattr(path, name)
+    except OSError as e:
+        if e.errno == errno.ENOTCONN:
+            raise DaxfsError(f"{path}: dead mount (the daemon was killed); run `daxfs umount` on it") from None
+        if e.errno in (errno.ENODATA, errno.ENOTSUP):
+            raise DaxfsError(f"{path}: not on a daxfs mount") from None
+        raise
+
+
+@main.command()
+@click.argument("mountpoint", type=click.Path(exists=True))
+@click.option("--json", "as_json", is_flag=True, help="machine-readable output")
+@friendly()
+def stats(mountpoint: str, as_json: bool) -> None:
+    """The daemon's counters: writes, sync faults, commits and their latency histogram, unstable blocks."""
+    d = json.loads(_xattr(mountpoint, "user.daxfs.stats"))
+    if as_json:
+        click.echo(json.dumps(d, indent=2))
+        return
+    hist = d.pop("commit_latency")
+    width = max(len(k) for k in d)
+    for k, v in d.items():
+        click.echo(f"{k:<{width}}  {v}")
+    click.echo("commit latency:")
+    if hist["count"]:
+        click.echo(f"  min={hist['min_us']:.0f} avg={hist['avg_us']:.0f} max={hist['max_us']:.0f}")
+        for label, n in hist["buckets"].items():
+            click.echo(f"  {label}: {n}")
+    else:
+        click.echo("  (no commits yet)")
+
+
+@main.command(name="map")
+@click.argument("file", type=click.Path(exists=True, dir_okay=False))
+@click.option("--json", "as_json", is_flag=True, help="machine-readable output")
+@friendly()
+def map_cmd(file: str, as_json: bool) -> None:
+    """The file's extents, like filefrag -v: file range, pmem offset, state, stable/unstable."""
+    d = json.loads(_xattr(file, "user.daxfs.map"))
+    if as_json:
+        click.echo(json.dumps(d, indent=2))
+        return
+    bs = d["block_size"]
+    nblocks = (d["size"] + bs - 1) // bs
+    click.echo(f"File size of {file} is {d['size']} ({nblocks} block{'s' * (nblocks != 1)} of {bs} bytes), "
+               f"{d['blocks']} allocated{', i_size unstable' if d['size_unstable'] else ''}")
+    click.echo(" ext:     logical_offset:        pmem_offset: length:  state:     stability:")
+    for i, (lblk, n, pblk, state, stable) in enumerate(d["extents"]):
+        phys = f"{pblk}..{pblk + n - 1}" if pblk is not None else "-"
+        click.echo(f"{i:4}: {lblk:>9}..{lblk + n - 1:<9} {phys:>20} {n:>7}  {state:<10} "
+                   f"{'stable' if stable else 'unstable'}")
+    if d.get("truncated"):
+        click.echo("(more extents than fit in one reply; use --json on a smaller file)")
+
+
+@main.command()
+@click.argument("file", type=click.Path(exists=True, dir_okay=False))
+@click.argument("offset", type=SizeType())
+@click.argument("length", type=SizeType())
+@friendly()
+def prealloc(file: str, offset: int, length: int) -> None:
+    """Preallocate unwritten extents for [OFFSET, OFFSET+LENGTH) (fallocate mode 0): they read as
+    zeros, and a later write only converts them."""
+    try:
+        os.setxattr(file, "user.daxfs.prealloc", f"{offset} {length}".encode())
+    except OSError as e:
+        if e.errno == errno.ENOTCONN:
+            raise DaxfsError(f"{file}: dead mount (the daemon was killed); run `daxfs umount` on it") from None
+        if e.errno == errno.ENOTSUP:
+            raise DaxfsError(f"{file}: not on a daxfs mount") from None
+        raise
 
 
 if __name__ == "__main__":

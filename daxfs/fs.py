@@ -565,10 +565,10 @@ class FileSystem:
                 ext.set_written(m.lblk, m.lblk + m.len)
                 self.journal.ordered(m.pblk * BS, m.len * BS)
             inode.unstable.mark(m.lblk, m.lblk + m.len, tid)
-        self._copy_in(inode, ext, off, data)
-        if end > inode.size:
+        if end > inode.size:  # before the copy: growing zeroes the old EOF block past the old size
             self._grow_size(inode, end)
             inode.size = end
+        self._copy_in(inode, ext, off, data)
         self._touch(inode)
         return n
 
@@ -648,12 +648,16 @@ class FileSystem:
 
     def fsync(self, ino: int, datasync: bool = False) -> int:
         """Persist the file's data and commit the journal; returns the committed tid."""
+        self.persist_data(ino)
+        return self.commit()
+
+    def persist_data(self, ino: int) -> None:
+        """Make the file's stored data durable against a host crash (msync of what it wrote)."""
         inode = self.inodes.cache.get(ino)
         if inode is not None:
             for at, n in inode.dirty_data:
                 self.region.persist(at, n)
             inode.dirty_data = []
-        return self.commit()
 
     def needs_commit(self, ino: int, off: int, length: int) -> int:
         """MAP_SYNC rule for a write [off, off+length): the tid to commit first, 0 if none."""

@@ -1,0 +1,55 @@
+"""Group commit for the daemon: one journal commit serves every request that waits for it.
+
+A sync-mode write to an unstable block must not be acknowledged before the journal has committed the
+transaction that made the block unstable (unstable.needs_commit). Callers await sync(tid):
+  * if the journal already committed tid, return at once;
+  * if a commit is being written, wait for it, then look again: a request that arrived while a
+    commit was in flight is served by the next single commit, together with all that arrived with it;
+  * otherwise freeze the running transaction and write it on a worker thread, so that requests that
+    need no commit go on being served while the journal I/O (and its msync) runs.
+
+Metadata changes stay on the trio thread (the engine is single-threaded); only the frozen
+transaction's I/O leaves it.
+"""
+
+from __future__ import annotations
+
+import time
+
+import trio
+
+from daxfs.fs import FileSystem
+from daxfs.stats import Stats
+
+
+class Committer:
+    def __init__(self, fs: FileSystem, stats: Stats) -> None:
+        self.fs = fs
+        self.stats = stats
+        self._idle = trio.Event()
+        self._idle.set()
+
+    async def sync(self, tid: int | None = None) -> None:
+        """Return once every change up to `tid` (default: everything so far) is committed."""
+        target = self.fs.journal.running_tid if tid is None else tid
+        while self.fs.committed_tid < target:
+            if not self._idle.is_set():
+                await self._idle.wait()
+                continue
+            txn = self.fs.start_commit()
+            if txn is None:
+                return  # the running transaction is empty: everything before it is committed
+            self._idle = trio.Event()
+            t0 = time.perf_counter()
+            try:
+                await trio.to_thread.run_sync(self.fs.journal.write, txn)
+                self.fs.finish_commit(txn)
+                self.stats.commit_done(time.perf_counter() - t0)
+            finally:
+                self._idle.set()
+
+    async def run_periodic(self, interval: float) -> None:
+        """Normal mode: commit every `interval` seconds whatever has changed."""
+        while True:
+            await trio.sleep(interval)
+            await self.sync()

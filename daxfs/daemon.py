@@ -1,0 +1,264 @@
+"""The daxfs daemon: mount options, the mount's life (init, run, close), and unmounting.
+
+Start-up is pyfuse3's usual init, run, close:
+  open the image (replay the journal, free orphans) -> pyfuse3.init (the kernel mount exists) ->
+  tell whoever started us that the mount answers -> trio runs pyfuse3.main beside the periodic
+  committer until the file system is unmounted or a signal asks us to stop -> pyfuse3.close ->
+  FileSystem.close (commit, checkpoint, mark the image clean).
+A SIGKILL skips the last two steps; the next mount's replay does their work.
+
+While mounted, the daemon holds an exclusive flock on the image, so that no second daemon, mkfs or
+writer can open it underneath.
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+
+from daxfs import crashpoint
+from daxfs.errors import DaxfsError
+
+log = logging.getLogger("daxfs")
+
+# Options mount(8) and fstab pass along that mean nothing to daxfs.
+IGNORED_OPTIONS = {"rw", "defaults", "auto", "noauto", "user", "nouser", "users", "owner", "_netdev", "nofail",
+                   "dev", "nodev", "suid", "nosuid", "exec", "noexec", "async", "atime", "noatime", "relatime",
+                   "strictatime", "lazytime", "nodiratime"}
+
+
+@dataclass
+class MountOptions:
+    map_sync: bool = False  # sync mode for every file
+    commit: float = 5.0  # normal-mode commit interval, seconds
+    ro: bool = False
+    allow_other: bool = False
+    debug: bool = False
+    msync: bool = True  # persist with msync (host-crash safety); nomsync for RAM-backed images
+    log: str | None = None
+    crash_at: list[tuple[str, int]] = field(default_factory=list)
+
+    def to_string(self) -> str:
+        opts = []
+        if self.map_sync:
+            opts.append("map_sync")
+        opts.append(f"commit={self.commit:g}")
+        for flag in ("ro", "allow_other", "debug"):
+            if getattr(self, flag):
+                opts.append(flag)
+        if not self.msync:
+            opts.append("nomsync")
+        if self.log:
+            opts.append(f"log={self.log}")
+        opts += [f"crash_at={p}:{n}" for p, n in self.crash_at]
+        return ",".join(opts)
+
+
+def parse_options(texts: list[str]) -> MountOptions:
+    """Options as other FUSE file systems spell them: -o map_sync,commit=10 -o ro."""
+    o = MountOptions()
+    for text in texts:
+        for item in filter(None, (s.strip() for s in text.split(","))):
+            key, _, value = item.partition("=")
+            if key in ("map_sync", "ro", "allow_other", "debug") and not value:
+                setattr(o, key, True)
+            elif key == "nomsync" and not value:
+                o.msync = False
+            elif key == "commit":
+                try:
+                    o.commit = float(value)
+                except ValueError:
+                    raise DaxfsError(f"commit={value}: not a number of seconds") from None
+                if not 0 < o.commit <= 3600:
+                    raise DaxfsError(f"commit={value}: must be between 0 and 3600 seconds")
+            elif key == "log" and value:
+                o.log = os.path.abspath(value)
+            elif key == "crash_at":
+                point, _, nth = value.partition(":")
+                if point not in crashpoint.POINTS:
+                    raise DaxfsError(f"crash_at={value}: unknown point (see `daxfs crashtest --list-points`)")
+                try:
+                    o.crash_at.append((point, int(nth or "1")))
+                except ValueError:
+                    raise DaxfsError(f"crash_at={value}: N must be a number") from None
+            elif key in IGNORED_OPTIONS or key.startswith("x-"):
+                continue
+            else:
+                raise DaxfsError(f"unknown mount option {item!r}")
+    return o
+
+
+def lock_image(path: str, exclusive: bool = True) -> int:
+    """An fd holding a flock on the image; DaxfsError if a daemon already has it."""
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        fcntl.flock(fd, (fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH) | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        raise DaxfsError(f"{path} is in use by a mounted daxfs (unmount it first)") from None
+    return fd
+
+
+def _kill_self(point: str) -> None:
+    log.warning("crash point %s reached: SIGKILL", point)
+    logging.shutdown()
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+def serve(image: str, mountpoint: str, opts: MountOptions, tell) -> None:
+    """Run the file system in this process until it is unmounted. `tell(line)` reports progress to
+    whoever started us; the line 'ready' means the mount answers."""
+    import pyfuse3
+    import trio
+
+    from daxfs.committer import Committer
+    from daxfs.fs import FileSystem
+    from daxfs.fuseops import DaxOperations
+    from daxfs.stats import Stats
+
+    if not os.path.isdir(mountpoint):
+        raise DaxfsError(f"{mountpoint}: not a directory")
+    if os.path.ismount(mountpoint):
+        raise DaxfsError(f"{mountpoint}: something is already mounted there")
+    lock_fd = lock_image(image, exclusive=not opts.ro)
+    fs = FileSystem.open(image, readonly=opts.ro, durable=opts.msync)
+    r = fs.open_report
+    if r.was_dirty:
+        tell(f"{image} was not unmounted cleanly: replayed {r.replayed} committed transactions, "
+             f"freed {r.orphans} orphan inodes")
+    for point, nth in opts.crash_at:
+        crashpoint.arm(point, nth, _kill_self)
+    stats = Stats()
+    committer = Committer(fs, stats)
+    ops = DaxOperations(fs, committer, stats, opts.map_sync)
+    fuse_opts = {"fsname=" + image, "subtype=daxfs", "default_permissions"}
+    fuse_opts |= {name for name in ("ro", "allow_other", "debug") if getattr(opts, name)}
+    try:
+        pyfuse3.init(ops, mountpoint, fuse_opts)
+    except RuntimeError as e:
+        fs.close()
+        raise DaxfsError(f"cannot mount on {mountpoint}: {e}") from None
+
+    async def main() -> None:
+        async with trio.open_nursery() as nursery:
+            if not opts.ro:
+                nursery.start_soon(committer.run_periodic, opts.commit)
+            nursery.start_soon(_stop_on_signal)
+            log.info("mounted %s on %s (%s)", image, mountpoint, opts.to_string())
+            tell("ready")
+            await pyfuse3.main()
+            nursery.cancel_scope.cancel()
+
+    async def _stop_on_signal() -> None:
+        with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
+            async for sig in signals:
+                log.info("signal %d: unmounting", sig)
+                pyfuse3.terminate()
+                return
+
+    try:
+        trio.run(main)
+    finally:
+        pyfuse3.close(unmount=True)
+        fs.close()
+        os.close(lock_fd)
+        log.info("unmounted %s; image is clean", mountpoint)
+
+
+def start_background(image: str, mountpoint: str, opts: MountOptions, echo) -> int:
+    """Start `daxfs mount -f` as a daemon with its output in the log file; return once the mount
+    answers (0) or the daemon gave up (1), echoing what it reported."""
+    logpath = opts.log or image + ".log"
+    read_fd, write_fd = os.pipe()
+    logfd = os.open(logpath, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+    cmd = [sys.executable, "-m", "daxfs.cli", "mount", image, mountpoint, "-f", "--ready-fd", str(write_fd),
+           "-o", opts.to_string()]
+    proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=logfd, stderr=logfd, pass_fds=(write_fd,),
+                            start_new_session=True)
+    os.close(write_fd)
+    os.close(logfd)
+    ready = False
+    with os.fdopen(read_fd) as messages:
+        for line in messages:
+            line = line.rstrip("\n")
+            if line == "ready":
+                ready = True
+                break
+            echo(line)
+    if ready:
+        echo(f"daxfs mounted {image} on {mountpoint} (pid {proc.pid}, log {logpath})")
+        return 0
+    proc.wait()
+    return 1
+
+
+def mount_entry(mountpoint: str) -> dict | None:
+    """The /proc/self/mountinfo entry of a mount point: fstype, source, options."""
+    target = os.path.realpath(mountpoint)
+    with open("/proc/self/mountinfo") as f:
+        for line in f:
+            left, _, right = line.partition(" - ")
+            parts = left.split()
+            if _unescape(parts[4]) == target:
+                fstype, source, sopts = (right.split() + ["", "", ""])[:3]
+                return {"fstype": fstype, "source": _unescape(source), "options": sopts}
+    return None
+
+
+def _unescape(s: str) -> str:
+    return s.encode().decode("unicode_escape") if "\\" in s else s
+
+
+def unmount(mountpoint: str, echo, lazy: bool = False, timeout: float = 60.0) -> None:
+    """Unmount a daxfs mount; the daemon commits, checkpoints and marks the image clean before it
+    exits, and we wait for that. A dead mount (daemon killed) is detached and said to be so."""
+    entry = mount_entry(mountpoint)
+    if entry is None:
+        raise DaxfsError(f"{mountpoint}: not mounted")
+    if entry["fstype"] != "fuse.daxfs":
+        raise DaxfsError(f"{mountpoint}: not a daxfs mount ({entry['fstype']})")
+    pid = None
+    try:
+        import json
+
+        pid = json.loads(os.getxattr(mountpoint, "user.daxfs.stats"))["pid"]
+    except OSError as e:
+        if e.errno != errno.ENOTCONN:
+            raise DaxfsError(f"{mountpoint}: cannot reach the daemon: {e.strerror}") from None
+    if pid is None:
+        _fusermount(mountpoint, lazy=True)
+        echo(f"{mountpoint}: the daemon was gone (killed?); removed the dead mount. "
+             f"The next mount of {entry['source']} replays its journal.")
+        return
+    _fusermount(mountpoint, lazy=lazy)
+    deadline = time.monotonic() + timeout
+    while _alive(pid):
+        if time.monotonic() > deadline:
+            raise DaxfsError(f"{mountpoint}: unmounted, but daemon {pid} has not exited after {timeout:.0f} s")
+        time.sleep(0.02)
+    echo(f"unmounted {mountpoint}; {entry['source']} is clean")
+
+
+def _fusermount(mountpoint: str, lazy: bool) -> None:
+    cmd = ["fusermount3", "-u"] + (["-z"] if lazy else []) + [mountpoint]
+    p = subprocess.run(cmd, capture_output=True, text=True)
+    if p.returncode != 0:
+        msg = p.stderr.strip().splitlines()[-1] if p.stderr.strip() else f"fusermount3 exited {p.returncode}"
+        if "busy" in msg.lower():
+            msg += " (files are open there; close them, or use --lazy)"
+        raise DaxfsError(msg)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().split(") ")[-1][:1] != "Z"
+    except FileNotFoundError:
+        return False

@@ -1,0 +1,328 @@
+"""The pyfuse3 adapter: FUSE requests in, FileSystem calls out, and the MAP_SYNC rule at write time.
+
+Thin by design: every handler checks nothing the engine or the kernel already checks
+(default_permissions makes the kernel check access), turns FsError into FUSEError, and keeps only
+what FUSE itself needs: file handles, lookup counts (FileSystem.ref/forget) and the sync decision.
+
+Each handler runs its engine calls without an await in between, so two requests never interleave
+inside one metadata change; the only await in a request is the wait for a commit.
+
+Caching: the kernel may cache attributes and entries for ATTR_TIMEOUT seconds because every change
+reaches the file system through this daemon, which invalidates the kernel's copy where it changes
+something behind the kernel's back (preallocation through the side channel). The writeback cache
+stays off: the kernel must never acknowledge a write the daemon has not seen.
+
+Side channels, all through extended attributes so that the kernel checks permissions first:
+  user.daxfs.stats     (get, on any inode)  the daemon's counters as JSON
+  user.daxfs.map       (get, file)          the file's extents with their stability, as JSON
+  user.daxfs.prealloc  (set, file: "OFFSET LENGTH")  unwritten extents (fallocate mode 0); needs
+                       write permission, as setting any user.* attribute does
+  user.daxfs.map_sync  (get/set/remove, persistent)  sync mode for this file, like chattr +S
+"""
+
+from __future__ import annotations
+
+import errno
+import functools
+import json
+import logging
+import os
+import stat
+from dataclasses import dataclass
+
+import pyfuse3
+
+from daxfs import crashpoint
+from daxfs.committer import Committer
+from daxfs.errors import CorruptImage, FsError
+from daxfs.extent import STATE_NAMES
+from daxfs.format import FLAG_MAP_SYNC
+from daxfs.fs import FileSystem
+from daxfs.inode import Inode
+from daxfs.stats import Stats
+
+log = logging.getLogger("daxfs")
+
+ATTR_TIMEOUT = 60.0
+STATS_XATTR = b"user.daxfs.stats"
+MAP_XATTR = b"user.daxfs.map"
+PREALLOC_XATTR = b"user.daxfs.prealloc"
+MAP_LIMIT = 60 * 1024  # an xattr value must fit in 64 KiB
+
+
+@dataclass
+class Handle:
+    ino: int
+    sync: bool  # opened with O_SYNC or O_DSYNC
+
+
+def fuse_errors(fn):
+    """Engine errors become FUSE errors; corruption is logged and reported as EIO."""
+    @functools.wraps(fn)
+    async def wrapper(*args, **kwargs):
+        try:
+            return await fn(*args, **kwargs)
+        except FsError as e:
+            raise pyfuse3.FUSEError(e.errno) from None
+        except CorruptImage as e:
+            log.error("corruption found during %s: %s", fn.__name__, e)
+            raise pyfuse3.FUSEError(errno.EIO) from None
+    return wrapper
+
+
+class DaxOperations(pyfuse3.Operations):
+    supports_dot_lookup = True
+    enable_writeback_cache = False  # never: see the module doc
+
+    def __init__(self, fs: FileSystem, committer: Committer, stats: Stats, map_sync: bool) -> None:
+        super().__init__()
+        self.fs = fs
+        self.committer = committer
+        self.stats = stats
+        self.map_sync = map_sync
+        self.handles: dict[int, Handle] = {}
+        self.next_fh = 1
+
+    # --- helpers ----------------------------------------------------------------------------------
+    def attrs(self, inode: Inode) -> pyfuse3.EntryAttributes:
+        a = pyfuse3.EntryAttributes()
+        a.st_ino = inode.ino
+        a.generation = inode.generation
+        a.entry_timeout = ATTR_TIMEOUT
+        a.attr_timeout = ATTR_TIMEOUT
+        a.st_mode = inode.mode
+        a.st_nlink = inode.nlink
+        a.st_uid = inode.uid
+        a.st_gid = inode.gid
+        a.st_rdev = inode.rdev
+        a.st_size = inode.size
+        a.st_blksize = 4096
+        a.st_blocks = inode.blocks * 8
+        a.st_atime_ns = inode.atime_ns
+        a.st_mtime_ns = inode.mtime_ns
+        a.st_ctime_ns = inode.ctime_ns
+        return a
+
+    def _entry(self, inode: Inode) -> pyfuse3.EntryAttributes:
+        """Reply to a request that gives the kernel a new reference (lookup count + 1)."""
+        self.fs.ref(inode.ino)
+        return self.attrs(inode)
+
+    def _open_handle(self, ino: int, flags: int) -> pyfuse3.FileInfo:
+        fh = self.next_fh
+        self.next_fh += 1
+        self.handles[fh] = Handle(ino, bool(flags & (os.O_SYNC | os.O_DSYNC)))
+        # keep_cache=False: each open starts from what pmem holds, whatever was stored behind the
+        # page cache's back (direct mappings) since the last open.
+        return pyfuse3.FileInfo(fh=fh, keep_cache=False)
+
+    def sync_mode(self, h: Handle) -> bool:
+        return self.map_sync or h.sync or bool(self.fs.inode(h.ino).flags & FLAG_MAP_SYNC)
+
+    # --- namespace --------------------------------------------------------------------------------
+    @fuse_errors
+    async def lookup(self, parent_inode, name, ctx=None):
+        return self._entry(self.fs.lookup(parent_inode, name))
+
+    async def forget(self, inode_list):
+        for ino, n in inode_list:
+            try:
+                self.fs.forget(ino, n)
+            except (FsError, CorruptImage) as e:  # forget has no reply: log, never raise
+                log.error("forget(%d): %s", ino, e)
+
+    @fuse_errors
+    async def getattr(self, inode, ctx=None):
+        return self.attrs(self.fs.inode(inode))
+
+    @fuse_errors
+    async def setattr(self, inode, attr, fields, fh, ctx):
+        kw = {}
+        if fields.update_mode:
+            kw["mode"] = attr.st_mode
+        if fields.update_uid:
+            kw["uid"] = attr.st_uid
+        if fields.update_gid:
+            kw["gid"] = attr.st_gid
+        if fields.update_size:
+            kw["size"] = attr.st_size
+        if fields.update_atime:
+            kw["atime_ns"] = attr.st_atime_ns
+        if fields.update_mtime:
+            kw["mtime_ns"] = attr.st_mtime_ns
+        if fields.update_ctime:
+            kw["ctime_ns"] = attr.st_ctime_ns
+        return self.attrs(self.fs.setattr(inode, **kw))
+
+    @fuse_errors
+    async def readlink(self, inode, ctx):
+        return self.fs.readlink(inode)
+
+    @fuse_errors
+    async def mknod(self, parent_inode, name, mode, rdev, ctx):
+        return self._entry(self.fs.mknod(parent_inode, name, mode, ctx.uid, ctx.gid, rdev))
+
+    @fuse_errors
+    async def mkdir(self, parent_inode, name, mode, ctx):
+        return self._entry(self.fs.mkdir(parent_inode, name, mode, ctx.uid, ctx.gid))
+
+    @fuse_errors
+    async def symlink(self, parent_inode, name, target, ctx):
+        return self._entry(self.fs.symlink(parent_inode, name, target, ctx.uid, ctx.gid))
+
+    @fuse_errors
+    async def link(self, inode, new_parent_inode, new_name, ctx):
+        return self._entry(self.fs.link(inode, new_parent_inode, new_name))
+
+    @fuse_errors
+    async def unlink(self, parent_inode, name, ctx):
+        self.fs.unlink(parent_inode, name)
+
+    @fuse_errors
+    async def rmdir(self, parent_inode, name, ctx):
+        self.fs.rmdir(parent_inode, name)
+
+    @fuse_errors
+    async def rename(self, parent_inode_old, name_old, parent_inode_new, name_new, flags, ctx):
+        self.fs.rename(parent_inode_old, name_old, parent_inode_new, name_new, flags)
+
+    # --- files ------------------------------------------------------------------------------------
+    @fuse_errors
+    async def create(self, parent_inode, name, mode, flags, ctx):
+        inode = self.fs.create(parent_inode, name, mode, ctx.uid, ctx.gid)
+        return self._open_handle(inode.ino, flags), self._entry(inode)
+
+    @fuse_errors
+    async def open(self, inode, flags, ctx):
+        if stat.S_ISDIR(self.fs.inode(inode).mode):
+            raise FsError(errno.EISDIR)
+        return self._open_handle(inode, flags)
+
+    @fuse_errors
+    async def read(self, fh, off, size):
+        data = self.fs.read(self.handles[fh].ino, off, size)
+        self.stats.reads += 1
+        self.stats.bytes_read += len(data)
+        return data
+
+    @fuse_errors
+    async def write(self, fh, off, buf):
+        h = self.handles[fh]
+        n = self.fs.write(h.ino, off, buf)
+        self.stats.writes += 1
+        self.stats.bytes_written += n
+        if self.sync_mode(h):
+            self.stats.sync_writes += 1
+            tid = self.fs.needs_commit(h.ino, off, n)  # the MAP_SYNC rule
+            if tid:
+                self.stats.sync_faults += 1
+                await self.committer.sync(tid)
+        crashpoint.hit("write.before_ack")
+        return n
+
+    async def flush(self, fh):
+        pass  # close(2) promises nothing about durability; fsync does
+
+    async def release(self, fh):
+        self.handles.pop(fh, None)
+
+    @fuse_errors
+    async def fsync(self, fh, datasync):
+        self.stats.fsyncs += 1
+        self.fs.persist_data(self.handles[fh].ino)
+        await self.committer.sync()
+
+    # --- directories ------------------------------------------------------------------------------
+    @fuse_errors
+    async def opendir(self, inode, ctx):
+        self.fs.inode(inode)
+        return inode
+
+    @fuse_errors
+    async def readdir(self, fh, start_id, token):
+        for cookie, name, ino, _ in self.fs.readdir(fh, start_id):
+            dot = name in (b".", b"..")
+            inode = self.fs.inode(ino)
+            if not pyfuse3.readdir_reply(token, name, self.attrs(inode), cookie):
+                return
+            if not dot:  # readdirplus hands the kernel a reference, except for . and ..
+                self.fs.ref(ino)
+
+    async def releasedir(self, fh):
+        pass
+
+    @fuse_errors
+    async def fsyncdir(self, fh, datasync):
+        self.stats.fsyncs += 1
+        await self.committer.sync()
+
+    @fuse_errors
+    async def statfs(self, ctx):
+        s = self.fs.statfs()
+        v = pyfuse3.StatvfsData()
+        v.f_bsize = v.f_frsize = s.block_size
+        v.f_blocks = s.blocks
+        v.f_bfree = v.f_bavail = s.blocks_free
+        v.f_files = s.files
+        v.f_ffree = v.f_favail = s.files_free
+        v.f_namemax = s.namemax
+        return v
+
+    # --- extended attributes and side channels ----------------------------------------------------
+    @fuse_errors
+    async def getxattr(self, inode, name, ctx):
+        if name == STATS_XATTR:
+            return json.dumps(self.stats_dict()).encode()
+        if name == MAP_XATTR:
+            return self.map_json(inode)
+        return self.fs.getxattr(inode, name)
+
+    @fuse_errors
+    async def setxattr(self, inode, name, value, ctx):
+        if name == PREALLOC_XATTR:
+            try:
+                off, length = (int(x) for x in value.split())
+            except ValueError:
+                raise FsError(errno.EINVAL) from None
+            self.fs.prealloc(inode, off, length)
+            pyfuse3.invalidate_inode(inode, attr_only=True)  # size and blocks changed behind the kernel
+            return
+        if name in (STATS_XATTR, MAP_XATTR):
+            raise FsError(errno.EPERM)
+        self.fs.setxattr(inode, name, value)
+
+    @fuse_errors
+    async def listxattr(self, inode, ctx):
+        return self.fs.listxattr(inode)
+
+    @fuse_errors
+    async def removexattr(self, inode, name, ctx):
+        self.fs.removexattr(inode, name)
+
+    def stats_dict(self) -> dict:
+        j = self.fs.journal
+        return self.stats.as_dict(
+            mode="map_sync" if self.map_sync else "normal",
+            image=self.fs.region.path,
+            unstable_blocks=self.fs.unstable_blocks(),
+            committed_tid=self.fs.committed_tid,
+            running_tid=j.running_tid,
+            running_blocks=len(j.running.blocks),
+            checkpoints=j.stats_checkpoints,
+            journal_used_blocks=j.used,
+            journal_blocks=j.size)
+
+    def map_json(self, ino: int) -> bytes:
+        inode = self.fs.inode(ino)
+        rows = []
+        for m, stable in self.fs.map(ino):
+            rows.append([m.lblk, m.len, m.pblk, STATE_NAMES[m.state], stable])
+        doc = {"ino": ino, "size": inode.size, "blocks": inode.blocks, "block_size": 4096,
+               "size_unstable": inode.unstable.size_tid > self.fs.committed_tid,
+               "columns": ["file_block", "blocks", "pmem_block", "state", "stable"], "extents": rows}
+        out = json.dumps(doc, separators=(",", ":")).encode()
+        while len(out) > MAP_LIMIT and doc["extents"]:
+            doc["extents"] = doc["extents"][: len(doc["extents"]) // 2]
+            doc["truncated"] = True
+            out = json.dumps(doc, separators=(",", ":")).encode()
+        return out
