@@ -512,6 +512,7 @@ class FileSystem:
             if m.state == WRITTEN:
                 end = min(new_size, (old // BS + 1) * BS)
                 self._store(inode, m.pblk * BS + old % BS, bytes(end - old))
+                self.journal.ordered(m.pblk * BS + old % BS, end - old)  # I1: durable before the new size
         inode.unstable.mark(old // BS, (new_size + BS - 1) // BS, self.journal.running_tid)
         inode.unstable.size_tid = self.journal.running_tid
 
