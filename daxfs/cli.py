@@ -252,5 +252,36 @@ def prealloc(file: str, offset: int, length: int) -> None:
         raise
 
 
+@main.group(invoke_without_command=True)
+@click.pass_context
+@friendly()
+def demo(ctx: click.Context) -> None:
+    """Show what MAP_SYNC buys and costs: both modes, a SIGKILL, a remount, side by side."""
+    if ctx.invoked_subcommand is None:
+        from daxfs.demo import main as run
+
+        run()
+
+
+def mount_helper() -> None:
+    """`mount -t fuse.daxfs IMAGE DIR -o OPTS` and fstab lines run this as /sbin/mount.fuse.daxfs."""
+    args = sys.argv[1:]
+    positional, options = [], []
+    while args:
+        a = args.pop(0)
+        if a == "-o" and args:
+            options += ["-o", args.pop(0)]
+        elif a.startswith("-o") and len(a) > 2:
+            options += ["-o", a[2:]]
+        elif a in ("-n", "-s", "-v", "-f", "-r", "-w"):  # mount(8)'s own flags
+            if a == "-r":
+                options += ["-o", "ro"]
+        else:
+            positional.append(a)
+    if len(positional) != 2:
+        fail("usage: mount.fuse.daxfs IMAGE MOUNTPOINT [-o OPTIONS]", 1)
+    main(["mount", *positional, *options])
+
+
 if __name__ == "__main__":
     main()

@@ -45,6 +45,9 @@ class PmemRegion:
         self.size = size
         # numpy.memmap keeps the mmap object it mapped; its flush(offset, size) is msync of a range.
         self._mmap = self.mem._mmap
+        # Loads and stores of metadata-sized pieces go through a plain memoryview of the same mapping:
+        # slicing a memmap builds a new ndarray each time, which costs more than the copy itself.
+        self._buf = memoryview(self._mmap)
 
     @staticmethod
     def create(path: str, size: int, force: bool = False) -> None:
@@ -59,15 +62,15 @@ class PmemRegion:
 
     # --- loads and stores --------------------------------------------------------------------------
     def load(self, off: int, n: int) -> bytes:
-        return self.mem[off:off + n].tobytes()
+        return self._buf[off:off + n].tobytes()
 
     def view(self, off: int, n: int) -> np.ndarray:
         """A live numpy view of the region: the DAX window. Writes through it bypass store()."""
         return self.mem[off:off + n]
 
     def store(self, off: int, data: bytes | bytearray | memoryview | np.ndarray) -> None:
-        n = len(data)
-        self.mem[off:off + n] = np.frombuffer(data, dtype=np.uint8) if not isinstance(data, np.ndarray) else data
+        mv = memoryview(data).cast("B")
+        self._buf[off:off + mv.nbytes] = mv
 
     def zero(self, off: int, n: int) -> None:
         self.mem[off:off + n] = 0
@@ -87,6 +90,7 @@ class PmemRegion:
         if self.mem is not None:
             if self.writable:
                 self.mem.flush()
+            self._buf.release()
             self._mmap = None
             del self.mem
             self.mem = None  # type: ignore[assignment]
