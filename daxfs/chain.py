@@ -32,6 +32,9 @@ def walk(journal: Journal, head: int, kind: int, owner: int) -> list[tuple[int, 
     while blk:
         if blk in seen:
             raise CorruptImage(f"inode {owner}: {fmt.KIND_NAMES[kind]} loops at block {blk}", blk)
+        if not journal.sb.data_start <= blk < journal.sb.total_blocks:
+            raise CorruptImage(f"inode {owner}: {fmt.KIND_NAMES[kind]} points at block {blk}, outside the data area",
+                               blk)
         seen.add(blk)
         raw = journal.read(blk)
         # Blocks in the running transaction carry a stale crc until they are sealed at freeze.

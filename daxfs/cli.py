@@ -85,7 +85,7 @@ def mkfs(image: str, size: int, inodes: int | None, journal_size: int | None, fo
 
 
 @main.command()
-@click.argument("image", type=click.Path(dir_okay=False))
+@click.argument("image")
 @click.option("--json", "as_json", is_flag=True, help="machine-readable report")
 def fsck(image: str, as_json: bool) -> None:
     """Check every invariant of an image. Exit 0 clean, 4 errors found, 8 operational error."""
@@ -106,7 +106,7 @@ def fsck(image: str, as_json: bool) -> None:
 
 
 @main.command()
-@click.argument("image", type=click.Path(dir_okay=False))
+@click.argument("image")
 @click.option("--json", "as_json", is_flag=True, help="machine-readable output")
 @friendly()
 def inspect(image: str, as_json: bool) -> None:
@@ -124,7 +124,7 @@ def inspect(image: str, as_json: bool) -> None:
 
 @main.command()
 @click.argument("image", type=click.Path(dir_okay=False))
-@click.argument("mountpoint", type=click.Path(file_okay=False))
+@click.argument("mountpoint", type=click.Path())
 @click.option("-o", "options", multiple=True, metavar="OPT[,OPT...]",
               help="map_sync, commit=SECONDS (default 5), ro, allow_other, debug, nomsync, log=FILE, crash_at=POINT:N")
 @click.option("-f", "foreground", is_flag=True, help="stay in the foreground")
@@ -138,8 +138,11 @@ def mount(image: str, mountpoint: str, options: tuple[str, ...], foreground: boo
     image, mountpoint = os.path.abspath(image), os.path.abspath(mountpoint)
     if not os.path.isfile(image):
         raise DaxfsError(f"{image}: no such image")
+    if not os.path.isdir(mountpoint):
+        raise DaxfsError(f"{mountpoint}: not a directory")
     if not foreground:
-        sys.exit(daemon.start_background(image, mountpoint, opts, click.echo))
+        sys.exit(daemon.start_background(image, mountpoint, opts, click.echo,
+                                         functools.partial(click.echo, err=True)))
     ready = os.fdopen(ready_fd, "w", buffering=1) if ready_fd is not None else None
 
     def tell(line: str) -> None:
@@ -167,7 +170,7 @@ def _log_to_stderr(debug: bool) -> None:
 
 
 @main.command()
-@click.argument("mountpoint", type=click.Path(file_okay=False))
+@click.argument("mountpoint", type=click.Path())
 @click.option("--lazy", "-l", is_flag=True, help="detach now even if files are open (umount -l)")
 @friendly()
 def umount(mountpoint: str, lazy: bool) -> None:
@@ -177,11 +180,14 @@ def umount(mountpoint: str, lazy: bool) -> None:
     unmount(os.path.abspath(mountpoint), click.echo, lazy=lazy)
 
 
+_DEAD = (errno.ENOTCONN, errno.ECONNABORTED)  # what a mount whose daemon was killed answers
+
+
 def _xattr(path: str, name: str) -> bytes:
     try:
         return os.getxattr(path, name)
     except OSError as e:
-        if e.errno == errno.ENOTCONN:
+        if e.errno in _DEAD:
             raise DaxfsError(f"{path}: dead mount (the daemon was killed); run `daxfs umount` on it") from None
         if e.errno in (errno.ENODATA, errno.ENOTSUP):
             raise DaxfsError(f"{path}: not on a daxfs mount") from None
@@ -189,7 +195,7 @@ def _xattr(path: str, name: str) -> bytes:
 
 
 @main.command()
-@click.argument("mountpoint", type=click.Path(exists=True))
+@click.argument("mountpoint", type=click.Path())
 @click.option("--json", "as_json", is_flag=True, help="machine-readable output")
 @friendly()
 def stats(mountpoint: str, as_json: bool) -> None:
@@ -212,7 +218,7 @@ def stats(mountpoint: str, as_json: bool) -> None:
 
 
 @main.command(name="map")
-@click.argument("file", type=click.Path(exists=True, dir_okay=False))
+@click.argument("file", type=click.Path(dir_okay=False))
 @click.option("--json", "as_json", is_flag=True, help="machine-readable output")
 @friendly()
 def map_cmd(file: str, as_json: bool) -> None:
@@ -235,17 +241,18 @@ def map_cmd(file: str, as_json: bool) -> None:
 
 
 @main.command()
-@click.argument("file", type=click.Path(exists=True, dir_okay=False))
+@click.argument("file", type=click.Path(dir_okay=False))
 @click.argument("offset", type=SizeType())
 @click.argument("length", type=SizeType())
 @friendly()
 def prealloc(file: str, offset: int, length: int) -> None:
     """Preallocate unwritten extents for [OFFSET, OFFSET+LENGTH) (fallocate mode 0): they read as
     zeros, and a later write only converts them."""
+    _xattr(file, "user.daxfs.stats")  # elsewhere the setxattr below would just set a user xattr
     try:
         os.setxattr(file, "user.daxfs.prealloc", f"{offset} {length}".encode())
     except OSError as e:
-        if e.errno == errno.ENOTCONN:
+        if e.errno in _DEAD:
             raise DaxfsError(f"{file}: dead mount (the daemon was killed); run `daxfs umount` on it") from None
         if e.errno == errno.ENOTSUP:
             raise DaxfsError(f"{file}: not on a daxfs mount") from None

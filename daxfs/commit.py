@@ -27,6 +27,7 @@ import crc32c
 from daxfs import crashpoint
 from daxfs import format as fmt
 from daxfs.checkpoint import checkpoint
+from daxfs.errors import DaxfsError
 
 if TYPE_CHECKING:
     from daxfs.journal import Journal, Transaction
@@ -35,11 +36,12 @@ if TYPE_CHECKING:
 def commit_transaction(j: "Journal", txn: "Transaction") -> None:
     region = j.region
     need = txn.journal_blocks_needed()
+    if need > j.size:  # the engine bounds transactions (journal.running_full); this is its assertion
+        raise DaxfsError(f"transaction {txn.tid} needs {need} journal blocks, the journal has {j.size}")
     if need > j.size - j.used:  # I4
         checkpoint(j)
 
-    for off, n in txn.ordered:  # I1
-        region.persist(off, n)
+    region.persist_ranges(txn.ordered)  # I1
     region.fence()
     crashpoint.hit("commit.ordered_data")
 
@@ -89,3 +91,4 @@ def _persist_range(j: "Journal", pos: int, n: int) -> None:
         j.region.persist((j.start + p) * fmt.BLOCK_SIZE, run * fmt.BLOCK_SIZE)
         pos += run
         n -= run
+

@@ -51,10 +51,14 @@ class ExtentMap:
         self.chain = chain
         self.owner = owner
         self.map: SortedDict = SortedDict()
+        sb = chain.journal.sb
         for addr, data in chain.load():
             state, ln, lblk, pblk, _ = fmt.EXTENT.unpack(data)
             if state not in (UNWRITTEN, WRITTEN) or ln == 0:
                 raise CorruptImage(f"inode {owner}: bad extent slot {addr} (state {state}, len {ln})", addr[0])
+            if not sb.data_start <= pblk <= pblk + ln <= sb.total_blocks or lblk + ln > fmt.MAX_FILE_BLOCKS:
+                raise CorruptImage(f"inode {owner}: extent {lblk}+{ln} maps pmem blocks {pblk}+{ln}, outside the "
+                                   "data area", addr[0])
             if lblk in self.map:
                 raise CorruptImage(f"inode {owner}: two extents start at file block {lblk}", addr[0])
             self.map[lblk] = Extent(lblk, ln, pblk, state, addr)
@@ -105,6 +109,14 @@ class ExtentMap:
         if pos < hi:
             out.append(IoMap(pos, hi - pos, None, HOLE))
         return out
+
+    def count_from(self, lblk: int) -> int:
+        """How many extents end after file block lblk."""
+        return len(self.map) - max(0, self.map.bisect_right(lblk) - 1) if self.map else 0
+
+    def start_of_last(self, k: int) -> int:
+        """First file block of the k-th extent from the end (0 if there are fewer)."""
+        return self.map.peekitem(-k)[0] if len(self.map) >= k else 0
 
     def last_block(self) -> int:
         """One past the last mapped file block."""

@@ -320,9 +320,11 @@ class FileSystem:
             self._destroy(inode)
 
     def _destroy(self, inode: Inode) -> None:
-        """Free an inode with no links and no references: its data, chains and record."""
-        for pblk, n in self._extents(inode).remove(0, fmt.MAX_FILE_BLOCKS):
-            self.alloc.free_blocks(pblk, n)
+        """Free an inode with no links and no references: its data, chains and record. The chain
+        blocks are freed whole, not emptied slot by slot, so the transaction touches only bitmap
+        blocks (mkfs sizes the journal to hold all of them) and the inode's table block."""
+        for e in self._extents(inode):
+            self.alloc.free_blocks(e.pblk, e.len)
         for blk in inode.extents.chain.blocks():
             self.alloc.free_blocks(blk, 1)
         if stat.S_ISDIR(inode.mode):
@@ -352,11 +354,14 @@ class FileSystem:
         orphans = self._dir(self.inode(fmt.ORPHAN_INO))
         names = list(orphans.entries)
         for name in names:
-            e = orphans.remove(name)
-            inode = self.inode(e.ino)
-            if inode.nlink != 0:
-                raise CorruptImage(f"orphan list names inode {e.ino}, which has {inode.nlink} links")
-            self._destroy(inode)
+            if self.journal.running_full():
+                self.commit()  # each orphan is freed whole within one transaction
+            inode = self.inode(orphans.lookup(name).ino)
+            if inode.nlink == 0:
+                orphans.remove(name)
+                self._destroy(inode)
+            else:  # a truncate that took several transactions was cut short: finish it
+                self._truncate_down(inode, inode.size)
         return len(names)
 
     def rename(self, old_parent: int, old: bytes, new_parent: int, new: bytes, flags: int = 0) -> None:
@@ -491,15 +496,40 @@ class FileSystem:
 
     def _truncate(self, inode: Inode, size: int) -> None:
         if size < inode.size:
-            keep = (size + BS - 1) // BS
-            for pblk, n in self._extents(inode).remove(keep, fmt.MAX_FILE_BLOCKS):
-                self.alloc.free_blocks(pblk, n)
-                inode.blocks -= n
+            self._truncate_down(inode, size)
         else:
             self._grow_size(inode, size)
         inode.size = size
         inode.unstable.size_tid = self.journal.running_tid
         self._touch(inode)
+
+    def _truncate_down(self, inode: Inode, size: int) -> None:
+        """Unmap everything past `size`. Each removed extent rewrites a slot, so a file fragmented
+        into more extents than one transaction may hold is cut in steps, as ext4 does: first i_size
+        and an orphan entry commit together, then the extents go from the end, one transaction per
+        step, and the orphan entry goes with the last. A crash between steps leaves the orphan entry,
+        and the next mount finishes the cut (_free_orphans)."""
+        keep = (size + BS - 1) // BS
+        ext = self._extents(inode)
+        budget = max(16, self.journal.max_txn_blocks - self.sb.bitmap_blocks - 64)
+        orphans = self._dir(self.inode(fmt.ORPHAN_INO))
+        name = b"%d" % inode.ino
+        if ext.count_from(keep) > budget and orphans.lookup(name) is None:
+            inode.size = size
+            orphans.add(name, inode.ino, inode.mode)
+            self.inodes.save(inode)
+            self.commit()
+        while True:
+            lo = max(keep, ext.start_of_last(budget))
+            for pblk, n in ext.remove(lo, fmt.MAX_FILE_BLOCKS):
+                self.alloc.free_blocks(pblk, n)
+                inode.blocks -= n
+            if lo == keep:
+                break
+            self.inodes.save(inode)
+            self.commit()
+        if orphans.lookup(name) is not None and inode.nlink > 0:
+            orphans.remove(name)
 
     def _grow_size(self, inode: Inode, new_size: int) -> None:
         """Before i_size grows: zero the old EOF block past the old size (it may hold bytes a
@@ -537,8 +567,8 @@ class FileSystem:
 
     def write(self, ino: int, off: int, data: bytes) -> int:
         inode = self.inode(ino)
-        if stat.S_ISDIR(inode.mode):
-            raise FsError(errno.EISDIR)
+        if not stat.S_ISREG(inode.mode):
+            raise FsError(errno.EISDIR if stat.S_ISDIR(inode.mode) else errno.EINVAL)
         return self._write(inode, off, data)
 
     def _write(self, inode: Inode, off: int, data: bytes | memoryview, begin: bool = True) -> int:
@@ -656,8 +686,7 @@ class FileSystem:
         """Make the file's stored data durable against a host crash (msync of what it wrote)."""
         inode = self.inodes.cache.get(ino)
         if inode is not None:
-            for at, n in inode.dirty_data:
-                self.region.persist(at, n)
+            self.region.persist_ranges(inode.dirty_data)
             inode.dirty_data = []
 
     def needs_commit(self, ino: int, off: int, length: int) -> int:
@@ -828,9 +857,13 @@ def mkfs(path: str, size: int, inodes: int | None = None, journal_blocks: int | 
         raise DaxfsError(f"size {size} is too small: daxfs needs at least 2 MiB")
     if journal_blocks is None:
         journal_blocks = min(16384, max(256, total // 64), total // 4)
+        journal_blocks = max(journal_blocks, min_journal_blocks(total))
     if inodes is None:
         inodes = max(64, min(size // 16384, 0xFFFFFFFF))
     inodes = min(inodes, 0xFFFFFFFF)
+    if journal_blocks < min_journal_blocks(total):
+        raise DaxfsError(f"a {journal_blocks}-block journal is too small for {total} blocks: an operation may "
+                         f"change every bitmap block; use at least {min_journal_blocks(total)}")
     ibitmap = fmt.blocks_for_bits(inodes)
     bitmap = fmt.blocks_for_bits(total)
     itable = (inodes + fmt.INODES_PER_BLOCK - 1) // fmt.INODES_PER_BLOCK
@@ -870,6 +903,12 @@ def mkfs(path: str, size: int, inodes: int | None = None, journal_blocks: int | 
     write_superblock(region, sb)  # generation 2 -> block 0: both copies valid
     region.close()
     return sb
+
+
+def min_journal_blocks(total_blocks: int) -> int:
+    """Freeing a file may touch every bitmap block in one transaction, which must fit in half the
+    journal (journal.max_txn_blocks), with room for the inode and directory blocks beside them."""
+    return 2 * (fmt.blocks_for_bits(total_blocks) + 16) + 8
 
 
 def _write_bitmap(region: PmemRegion, start: int, nblocks: int, nbits: int, used: int, kind: int) -> None:

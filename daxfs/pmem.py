@@ -83,12 +83,27 @@ class PmemRegion:
         end = min(self.size, off + n)
         self._mmap.flush(start, end - start)
 
+    def persist_ranges(self, ranges: list[tuple[int, int]]) -> None:
+        """Persist many (offset, length) ranges, merged into page runs first: msync costs per call
+        (about 0.4 ms on a disk-backed image), hardly per byte."""
+        if not self.durable:
+            return
+        runs: list[list[int]] = []
+        for off, n in sorted(ranges):
+            lo, hi = off - off % PAGE, -(-(off + n) // PAGE) * PAGE
+            if runs and lo <= runs[-1][1]:
+                runs[-1][1] = max(runs[-1][1], hi)
+            else:
+                runs.append([lo, hi])
+        for lo, hi in runs:
+            self.persist(lo, hi - lo)
+
     def fence(self) -> None:
         """Ordering point (see module doc)."""
 
     def close(self) -> None:
         if self.mem is not None:
-            if self.writable:
+            if self.writable and self.durable:
                 self.mem.flush()
             self._buf.release()
             self._mmap = None

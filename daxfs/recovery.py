@@ -74,6 +74,9 @@ def scan(region: PmemRegion, sb: fmt.Superblock) -> ScanResult:
                 pos, seq = p, seq + 1
                 images = {}
                 break
+            if h.used > fmt.DESC_ENTRIES:
+                reason = f"block {blkno}: descriptor claims {h.used} entries"
+                break
             crc = crc32c.crc32c(raw, crc)
             homes = struct.unpack_from(f"<{h.used}Q", raw, fmt.HEADER_SIZE)
             for home in homes:

@@ -23,18 +23,22 @@ def read_superblock(region: PmemRegion) -> fmt.Superblock:
             errors.append(f"block {blkno}: no daxfs magic")
             continue
         try:
-            found.append(fmt.Superblock.unpack(raw, blkno))
+            sb = fmt.Superblock.unpack(raw, blkno)
         except CorruptImage as e:
             errors.append(str(e))
+            continue
+        if sb.generation % 2 != blkno:  # write_superblock puts generation g at block g % 2
+            errors.append(f"block {blkno}: superblock generation {sb.generation} belongs in block {sb.generation % 2}")
+        elif sb.total_blocks * fmt.BLOCK_SIZE > region.size:
+            errors.append(f"block {blkno}: superblock says {sb.total_blocks} blocks, the file holds "
+                          f"{region.size // fmt.BLOCK_SIZE}")
+        else:
+            found.append(sb)
     if not found:
         if all("no daxfs magic" in e for e in errors):
             raise NotDaxfs(f"{region.path}: not a daxfs image (no superblock magic)")
         raise CorruptImage(f"{region.path}: no valid superblock ({'; '.join(errors)})", 0)
-    sb = max(found, key=lambda s: s.generation)
-    if sb.total_blocks * fmt.BLOCK_SIZE > region.size:
-        raise CorruptImage(f"{region.path}: superblock says {sb.total_blocks} blocks, the file holds "
-                           f"{region.size // fmt.BLOCK_SIZE}", 0)
-    return sb
+    return max(found, key=lambda s: s.generation)
 
 
 def write_superblock(region: PmemRegion, sb: fmt.Superblock) -> None:

@@ -190,7 +190,5 @@ def test_check_of_a_directory_is_an_operational_error(tmp_path):
         check(str(tmp_path))
 
 
-@pytest.mark.xfail(strict=True, reason="cli.py declares IMAGE as click.Path(dir_okay=False): a directory is a "
-                                       "usage error (exit 2, three lines), not an operational one")
 def test_fsck_cli_of_a_directory(tmp_path):
     assert_operational_error(run_fsck(str(tmp_path)))
