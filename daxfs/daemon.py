@@ -172,9 +172,10 @@ def serve(image: str, mountpoint: str, opts: MountOptions, tell) -> None:
         log.info("unmounted %s; image is clean", mountpoint)
 
 
-def start_background(image: str, mountpoint: str, opts: MountOptions, echo) -> int:
+def start_background(image: str, mountpoint: str, opts: MountOptions, echo, warn=None) -> int:
     """Start `daxfs mount -f` as a daemon with its output in the log file; return once the mount
-    answers (0) or the daemon gave up (1), echoing what it reported."""
+    answers (0) or the daemon gave up (1), echoing what it reported. `warn` (default: echo) gets the
+    daemon's error lines, and a line of our own if it died without one."""
     logpath = opts.log or image + ".log"
     read_fd, write_fd = os.pipe()
     logfd = os.open(logpath, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
@@ -184,18 +185,25 @@ def start_background(image: str, mountpoint: str, opts: MountOptions, echo) -> i
                             start_new_session=True)
     os.close(write_fd)
     os.close(logfd)
-    ready = False
+    warn = warn or echo
+    ready = errors = False
     with os.fdopen(read_fd) as messages:
         for line in messages:
             line = line.rstrip("\n")
             if line == "ready":
                 ready = True
                 break
-            echo(line)
+            if line.startswith("daxfs: "):  # the daemon's one-line error (cli.mount's tell)
+                errors = True
+                warn(line)
+            else:
+                echo(line)
     if ready:
         echo(f"daxfs mounted {image} on {mountpoint} (pid {proc.pid}, log {logpath})")
         return 0
-    proc.wait()
+    code = proc.wait()
+    if not errors:
+        warn(f"daxfs: the daemon exited (status {code}) before the mount answered; see {logpath}")
     return 1
 
 

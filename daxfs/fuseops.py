@@ -194,8 +194,13 @@ class DaxOperations(pyfuse3.Operations):
 
     @fuse_errors
     async def open(self, inode, flags, ctx):
-        if stat.S_ISDIR(self.fs.inode(inode).mode):
+        mode = self.fs.inode(inode).mode
+        if stat.S_ISDIR(mode):
             raise FsError(errno.EISDIR)
+        if flags & os.O_TRUNC and stat.S_ISREG(mode):
+            # libfuse3 turns on FUSE_CAP_ATOMIC_O_TRUNC by default (whatever pyfuse3's docs say): the
+            # kernel then leaves O_TRUNC to open() instead of sending a setattr first.
+            self.fs.setattr(inode, size=0)
         return self._open_handle(inode, flags)
 
     @fuse_errors
@@ -229,7 +234,13 @@ class DaxOperations(pyfuse3.Operations):
     @fuse_errors
     async def fsync(self, fh, datasync):
         self.stats.fsyncs += 1
-        self.fs.persist_data(self.handles[fh].ino)
+        ino = self.handles[fh].ino
+        self.fs.persist_data(ino)
+        if datasync and not self.fs.inode(ino).unstable.any(self.fs.committed_tid):
+            # fdatasync needs only the metadata that finds the data (mappings, i_size), all stable
+            # here; timestamps can wait. The kernel sends this after every O_DSYNC write, so without
+            # it an O_DSYNC write to stable blocks would commit after all.
+            return
         await self.committer.sync()
 
     # --- directories ------------------------------------------------------------------------------
