@@ -6,7 +6,10 @@ transaction that made the block unstable (unstable.needs_commit). Callers await 
   * if a commit is being written, wait for it, then look again: a request that arrived while a
     commit was in flight is served by the next single commit, together with all that arrived with it;
   * otherwise freeze the running transaction and write it on a worker thread, so that requests that
-    need no commit go on being served while the journal I/O (and its msync) runs.
+    need no commit go on being served while the journal I/O (and its msync) runs. A small
+    transaction on a RAM-backed image is written inline instead: there the whole commit (~45 µs)
+    costs less than handing it to a thread (~55 µs), and it holds the loop no longer than one
+    ordinary request does.
 
 Metadata changes stay on the trio thread (the engine is single-threaded); only the frozen
 transaction's I/O leaves it.
@@ -20,6 +23,9 @@ import trio
 
 from daxfs.fs import FileSystem
 from daxfs.stats import Stats
+
+
+INLINE_BLOCKS = 16
 
 
 class Committer:
@@ -42,7 +48,10 @@ class Committer:
             self._idle = trio.Event()
             t0 = time.perf_counter()
             try:
-                await trio.to_thread.run_sync(self.fs.journal.write, txn)
+                if len(txn.blocks) <= INLINE_BLOCKS and (self.fs.region.on_ram or not self.fs.region.durable):
+                    self.fs.journal.write(txn)
+                else:
+                    await trio.to_thread.run_sync(self.fs.journal.write, txn)
                 self.fs.finish_commit(txn)
                 self.stats.commit_done(time.perf_counter() - t0)
             finally:
