@@ -15,15 +15,20 @@ from __future__ import annotations
 
 import errno
 import fcntl
+import hashlib
 import logging
 import os
+import shutil
 import signal
+import stat
 import subprocess
 import sys
+import tempfile
 import time
 from dataclasses import dataclass, field
 
 from daxfs import crashpoint
+from daxfs.control import ControlError, ControlServer
 from daxfs.errors import DaxfsError
 
 log = logging.getLogger("daxfs")
@@ -112,6 +117,47 @@ def _kill_self(point: str) -> None:
     os.kill(os.getpid(), signal.SIGKILL)
 
 
+def control_socket_path(image: str) -> str:
+    """One directory per image (a killed daemon's socket is replaced by the next mount's, not
+    leaked), mode 0711: other users reach the socket by the name the xattr gives, cannot list."""
+    digest = hashlib.sha1(os.path.realpath(image).encode()).hexdigest()[:16]
+    d = os.path.join(tempfile.gettempdir(), f"daxfs-{os.getuid()}-{digest}")
+    try:
+        os.mkdir(d, 0o711)
+    except FileExistsError:
+        st = os.lstat(d)
+        if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.getuid():
+            raise DaxfsError(f"{d}: exists and is not a directory of ours; remove it") from None
+    os.chmod(d, 0o711)
+    return os.path.join(d, "control")
+
+
+def register_control_ops(control: ControlServer) -> None:
+    """What a crash test may ask of a running daemon (control.py): die now, die at the next pass of
+    a crash point, or write a mark into the log. Each answers once it has taken effect."""
+    async def crash(peer, req):
+        log.warning("crash requested by pid %d: SIGKILL", peer.pid)
+        return {"_after": lambda: _kill_self("control")}
+
+    async def crash_at(peer, req):
+        point, nth = req["point"], int(req.get("nth", 1))
+        if point not in crashpoint.POINTS:
+            raise ControlError(f"unknown crash point {point!r}")
+        crashpoint.arm(point, nth, _kill_self)
+        log.info("crash point %s armed for pass %d by pid %d", point, nth, peer.pid)
+        return {}
+
+    async def mark(peer, req):
+        log.info("MARK %s", str(req["text"])[:1000])
+        for h in logging.getLogger().handlers:
+            h.flush()
+        return {}
+
+    control.register("crash", crash, privileged=True)
+    control.register("crash_at", crash_at, privileged=True)
+    control.register("mark", mark, privileged=True)
+
+
 def serve(image: str, mountpoint: str, opts: MountOptions, tell) -> None:
     """Run the file system in this process until it is unmounted. `tell(line)` reports progress to
     whoever started us; the line 'ready' means the mount answers."""
@@ -146,11 +192,16 @@ def serve(image: str, mountpoint: str, opts: MountOptions, tell) -> None:
         fs.close()
         raise DaxfsError(f"cannot mount on {mountpoint}: {e}") from None
 
+    control = ControlServer(control_socket_path(image), os.getuid())
+    register_control_ops(control)
+
     async def main() -> None:
         async with trio.open_nursery() as nursery:
             if not opts.ro:
                 nursery.start_soon(committer.run_periodic, opts.commit)
             nursery.start_soon(_stop_on_signal)
+            await nursery.start(control.serve)
+            ops.control_path = control.path
             log.info("mounted %s on %s (%s)", image, mountpoint, opts.to_string())
             tell("ready")
             await pyfuse3.main()
@@ -169,6 +220,7 @@ def serve(image: str, mountpoint: str, opts: MountOptions, tell) -> None:
         pyfuse3.close(unmount=True)
         fs.close()
         os.close(lock_fd)
+        shutil.rmtree(os.path.dirname(control.path), ignore_errors=True)  # a SIGKILL leaves it for the next mount
         log.info("unmounted %s; image is clean", mountpoint)
 
 

@@ -18,6 +18,7 @@ Side channels, all through extended attributes so that the kernel checks permiss
   user.daxfs.prealloc  (set, file: "OFFSET LENGTH")  unwritten extents (fallocate mode 0); needs
                        write permission, as setting any user.* attribute does
   user.daxfs.map_sync  (get/set/remove, persistent)  sync mode for this file, like chattr +S
+  user.daxfs.control   (get, any inode)     the path of the daemon's control socket (control.py)
 """
 
 from __future__ import annotations
@@ -45,6 +46,7 @@ log = logging.getLogger("daxfs")
 
 ATTR_TIMEOUT = 60.0
 STATS_XATTR = b"user.daxfs.stats"
+CONTROL_XATTR = b"user.daxfs.control"
 MAP_XATTR = b"user.daxfs.map"
 PREALLOC_XATTR = b"user.daxfs.prealloc"
 MAP_LIMIT = 60 * 1024  # an xattr value must fit in 64 KiB
@@ -82,6 +84,7 @@ class DaxOperations(pyfuse3.Operations):
         self.map_sync = map_sync
         self.handles: dict[int, Handle] = {}
         self.next_fh = 1
+        self.control_path = ""  # the daemon's control socket (control.py), set once it listens
 
     # --- helpers ----------------------------------------------------------------------------------
     def attrs(self, inode: Inode) -> pyfuse3.EntryAttributes:
@@ -286,6 +289,8 @@ class DaxOperations(pyfuse3.Operations):
             return json.dumps(self.stats_dict()).encode()
         if name == MAP_XATTR:
             return self.map_json(inode)
+        if name == CONTROL_XATTR and self.control_path:
+            return self.control_path.encode()
         return self.fs.getxattr(inode, name)
 
     @fuse_errors
@@ -298,7 +303,7 @@ class DaxOperations(pyfuse3.Operations):
             self.fs.prealloc(inode, off, length)
             pyfuse3.invalidate_inode(inode, attr_only=True)  # size and blocks changed behind the kernel
             return
-        if name in (STATS_XATTR, MAP_XATTR):
+        if name in (STATS_XATTR, MAP_XATTR, CONTROL_XATTR):
             raise FsError(errno.EPERM)
         self.fs.setxattr(inode, name, value)
 
