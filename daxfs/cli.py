@@ -257,6 +257,9 @@ def prealloc(file: str, offset: int, length: int) -> None:
         if e.errno == errno.ENOTSUP:
             raise DaxfsError(f"{file}: not on a daxfs mount") from None
         raise
+    # The daemon can only mark the kernel's attributes stale; a getattr loads the new i_size into the
+    # kernel's inode, which O_APPEND writes (no writeback cache) take as EOF without asking.
+    os.stat(file)
 
 
 @main.group(invoke_without_command=True)

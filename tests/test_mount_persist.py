@@ -10,6 +10,7 @@ import errno
 import hashlib
 import multiprocessing
 import os
+import signal
 import stat
 import sys
 import zlib
@@ -321,3 +322,52 @@ def test_enospc_recovers_after_remount(daxmount):
     assert read_file(j(m.mnt, "again")) == again
     for name, data in written.items():
         assert read_file(j(m.mnt, name)) == data, name
+
+
+def test_unlinked_open_file_is_freed_by_the_next_mount_after_a_kill(daxmount):
+    """An unlinked-but-open file lives on the orphan list; a daemon kill leaves it there, and the next
+    mount frees it (and says so)."""
+    m = daxmount("commit=60")
+    free0 = os.statvfs(m.mnt).f_bfree
+    write_file(j(m.mnt, "doomed"), pattern(11, 2 * MiB))
+    write_file(j(m.mnt, "kept"), b"kept")
+    fd = os.open(j(m.mnt, "doomed"), os.O_RDWR)
+    os.unlink(j(m.mnt, "doomed"))
+    dfd = os.open(m.mnt, os.O_RDONLY | os.O_DIRECTORY)
+    os.fsync(dfd)  # commits the unlink: the inode is on the orphan list, on the image
+    os.close(dfd)
+    assert os.pread(fd, 4, 0) == pattern(11, 4)
+    pid = m.pid()
+    os.kill(pid, signal.SIGKILL)
+    try:
+        os.close(fd)
+    except OSError:
+        pass
+    m.crash(pid)
+    m.fsck()  # an orphan list on a crashed image is consistent
+    p = m.mount()
+    assert "freed 1 orphan inodes" in p.stdout, p.stdout
+    assert os.listdir(m.mnt) == ["kept"]
+    assert os.statvfs(m.mnt).f_bfree >= free0 - 4
+
+
+def test_large_directory_survives_remount(daxmount):
+    m = daxmount(size="64M", mkfs_args=("--inodes", "8192"))
+    d = j(m.mnt, "big")
+    os.mkdir(d)
+    names = {f"file-{i:05d}-{'y' * (i % 50)}" for i in range(3000)}
+    for name in names:
+        os.close(os.open(j(d, name), os.O_CREAT | os.O_WRONLY, 0o600))
+    removed = set(sorted(names)[::7])
+    for name in removed:
+        os.unlink(j(d, name))
+    names -= removed
+    m.remount()
+    listed = os.listdir(d)
+    assert len(listed) == len(names) and set(listed) == names
+    assert os.stat(d).st_nlink == 2
+    for name in listed:
+        os.unlink(j(d, name))
+    os.rmdir(d)
+    m.remount()
+    assert os.listdir(m.mnt) == []

@@ -821,3 +821,75 @@ def test_mmap_shared_read_write(d):
         os.close(fd)
     assert read_file(q) == bytes(3 * BS) + b"new" + bytes(BS - 3)
     assert os.stat(q).st_blocks >= 8
+
+
+def test_touch_a_and_m_keep_the_other_time(d):
+    """utimensat with UTIME_OMIT for one of the times (touch -a / touch -m)."""
+    import subprocess
+
+    p = j(d, "f")
+    write_file(p, b"")
+    os.utime(p, ns=(5_000_000_000, 7_000_000_000))
+    subprocess.run(["touch", "-a", "-d", "@1000", p], check=True)
+    st = os.stat(p)
+    assert (st.st_atime_ns, st.st_mtime_ns) == (1000 * 10**9, 7_000_000_000)
+    subprocess.run(["touch", "-m", "-d", "@2000", p], check=True)
+    st = os.stat(p)
+    assert (st.st_atime_ns, st.st_mtime_ns) == (1000 * 10**9, 2000 * 10**9)
+
+
+def test_huge_offsets_and_efbig(d):
+    p = j(d, "f")
+    fd = os.open(p, os.O_CREAT | os.O_RDWR, 0o644)
+    try:
+        assert os.pwrite(fd, b"far", 5 << 40) == 3  # 5 TiB: one block
+        st = os.fstat(fd)
+        assert st.st_size == (5 << 40) + 3 and st.st_blocks == 8
+        assert os.pread(fd, 3, 5 << 40) == b"far"
+        assert errno_of(os.pwrite, fd, b"x", 1 << 48) == errno.EFBIG  # past 256 TiB
+        assert errno_of(os.ftruncate, fd, (1 << 48) + 1) == errno.EFBIG
+        assert os.fstat(fd).st_size == (5 << 40) + 3
+        os.ftruncate(fd, 0)
+        assert os.fstat(fd).st_blocks == 0
+    finally:
+        os.close(fd)
+
+
+def test_o_direct_and_copy_file_range(d):
+    p, q = j(d, "direct"), j(d, "copy")
+    buf = mmap.mmap(-1, 3 * BS)  # page-aligned buffer
+    buf.write(pattern(12, 3 * BS))
+    fd = os.open(p, os.O_CREAT | os.O_RDWR | os.O_DIRECT, 0o644)
+    try:
+        assert os.pwrite(fd, buf, BS) == 3 * BS
+        assert os.pread(fd, 4 * BS, 0) == bytes(BS) + pattern(12, 3 * BS)
+        assert os.pread(fd, 2 * BS, 3 * BS) == pattern(12, 3 * BS)[2 * BS:]  # short at EOF
+    finally:
+        os.close(fd)
+    assert read_file(p) == bytes(BS) + pattern(12, 3 * BS)
+    src = os.open(p, os.O_RDONLY)
+    dst = os.open(q, os.O_CREAT | os.O_WRONLY, 0o644)
+    try:
+        n = 0
+        while n < 4 * BS:
+            k = os.copy_file_range(src, dst, 4 * BS - n)
+            assert k > 0
+            n += k
+    finally:
+        os.close(src)
+        os.close(dst)
+    assert read_file(q) == read_file(p)
+
+
+def test_user_xattrs_only_on_files_and_dirs(d):
+    """The kernel refuses user.* attributes on fifos, sockets, devices and symlinks (EPERM)."""
+    os.mkfifo(j(d, "fifo"))
+    os.symlink("fifo", j(d, "ln"))
+    assert errno_of(os.setxattr, j(d, "fifo"), "user.x", b"1") == errno.EPERM
+    assert errno_of(os.setxattr, j(d, "ln"), "user.x", b"1", follow_symlinks=False) == errno.EPERM
+    assert os.listxattr(j(d, "fifo")) == []
+    assert errno_of(os.setxattr, j(d, "fifo"), "user." + "n" * 251, b"1") == errno.ERANGE
+    write_file(j(d, "f"), b"")
+    assert errno_of(os.setxattr, j(d, "f"), "user.big", bytes(70000)) == errno.E2BIG  # kernel: > 64 KiB
+    os.setxattr(j(d, "f"), "user.almost", bytes(60000))
+    assert os.getxattr(j(d, "f"), "user.almost") == bytes(60000)

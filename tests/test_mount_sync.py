@@ -499,3 +499,51 @@ def test_map_sync_mode_prealloc_then_write_commits(daxmount):
     assert s1["sync_faults"] == s0["sync_faults"] + 1 and s1["commits"] == s0["commits"] + 1
     d = file_map(p)
     assert all(e[4] for e in d["extents"])  # the commit made the whole preallocation stable
+
+
+def test_mmap_stores_msynced_in_sync_mode_survive_sigkill(daxmount):
+    """Real mmap(2) of a file on a map_sync mount: msync writes the dirty pages back through FUSE, each
+    write is a sync-mode write, so a kill right after msync loses nothing, new blocks included."""
+    import mmap
+
+    m = daxmount("map_sync,commit=60")
+    p = j(m.mnt, "mapped")
+    write_file(p, pattern(1, BS), fsync=True)
+    pid = m.pid()
+    fd = os.open(p, os.O_RDWR)
+    os.ftruncate(fd, 4 * BS)  # grows: the new range is a hole, mapped on write-back
+    mm = mmap.mmap(fd, 4 * BS)
+    mm[0:5] = b"first"  # a stable block
+    mm[3 * BS:3 * BS + 4] = b"last"  # a hole: a new block at write-back
+    mm.flush()
+    s = m.stats()
+    assert s["unstable_blocks"] == 0 and s["sync_faults"] >= 1
+    os.kill(pid, signal.SIGKILL)
+    try:
+        mm.close()
+    except (OSError, ValueError):
+        pass
+    close_quietly(fd)
+    m.crash(pid)
+    m.mount()
+    got = read_file(p)
+    assert len(got) == 4 * BS
+    assert got[:5] == b"first" and got[5:BS] == pattern(1, BS)[5:]
+    assert got[3 * BS:3 * BS + 4] == b"last" and got[BS:3 * BS] == bytes(2 * BS)
+
+
+def test_o_append_after_daxfs_prealloc_lands_at_the_new_eof(daxmount):
+    """Regression: the daemon can only invalidate the kernel's attributes after a preallocation, and an
+    O_APPEND write (no writeback cache) takes the kernel's cached i_size as EOF without a getattr, so it
+    landed inside the preallocated range. `daxfs prealloc` now reloads the attributes before returning."""
+    m = daxmount("commit=60")
+    p = j(m.mnt, "log")
+    fd = os.open(p, os.O_CREAT | os.O_WRONLY | os.O_APPEND, 0o644)
+    try:
+        os.write(fd, b"a")
+        daxfs("prealloc", p, "0", "8K", check=True)
+        os.write(fd, b"b")
+    finally:
+        os.close(fd)
+    got = read_file(p)
+    assert len(got) == 8193 and got[:1] == b"a" and got[-1:] == b"b" and got[1:8192] == bytes(8191)
