@@ -44,6 +44,9 @@ XATTR_CREATE = 1
 XATTR_REPLACE = 2
 MAP_SYNC_XATTR = b"user.daxfs.map_sync"
 SLACK = 4  # blocks an operation may need for chain growth beyond its data
+# Blocks that only operations freeing space may dip into: on a full file system an unlink must still
+# work, although it may grow the orphan directory, and so must the forget that later frees the file.
+RESERVE = 32
 
 
 @dataclass
@@ -58,6 +61,7 @@ class StatFs:
     block_size: int
     blocks: int
     blocks_free: int
+    blocks_avail: int  # free, less the RESERVE that only freeing operations may use
     files: int
     files_free: int
     namemax: int = fmt.MAX_NAME
@@ -131,13 +135,14 @@ class FileSystem:
     def committed_tid(self) -> int:
         return self.journal.committed_tid
 
-    def _begin(self, blocks: int = 0) -> None:
-        """Start an operation: refuse a read-only fs, make room in the transaction and in the bitmap."""
+    def _begin(self, blocks: int = 0, freeing: bool = False) -> None:
+        """Start an operation: refuse a read-only fs, make room in the transaction and in the bitmap.
+        An operation that frees space (`freeing`) may use the RESERVE, so that a full fs can be emptied."""
         if self.readonly:
             raise FsError(errno.EROFS)
         if self.journal.running_full():
             self.commit()
-        need = blocks + SLACK
+        need = blocks + SLACK + (0 if freeing else RESERVE)
         if self.alloc.blocks.free_now < need and self.alloc.blocks.pending:
             self.commit()  # blocks freed by committed transactions come back at checkpoint
             self.journal.checkpoint()
@@ -180,6 +185,18 @@ class FileSystem:
         if c:
             inode.ctime_ns = t
         self.inodes.save(inode)
+
+    def _accessed(self, inode: Inode) -> None:
+        """relatime, as Linux mounts by default: a read updates atime when atime is not newer than
+        mtime or ctime, or is a day old; otherwise reads change no metadata at all."""
+        if self.readonly:
+            return
+        t = now_ns()
+        if inode.atime_ns <= max(inode.mtime_ns, inode.ctime_ns) or t - inode.atime_ns > 86400 * 10**9:
+            if self.journal.running_full():
+                self.commit()
+            inode.atime_ns = t
+            self.inodes.save(inode)
 
     # --- namespace --------------------------------------------------------------------------------
     def lookup(self, parent: int, name: bytes) -> Inode:
@@ -280,7 +297,7 @@ class FileSystem:
         inode = self.inode(e.ino)
         if stat.S_ISDIR(inode.mode):
             raise FsError(errno.EISDIR)
-        self._begin()
+        self._begin(freeing=True)
         self._dir(p).remove(name)
         self._touch(p)
         self._drop_link(inode)
@@ -298,7 +315,7 @@ class FileSystem:
         inode = self.inode(e.ino)
         if len(self._dir(inode)):
             raise FsError(errno.ENOTEMPTY)
-        self._begin()
+        self._begin(freeing=True)
         self._dir(p).remove(name)
         p.nlink -= 1
         self._touch(p)
@@ -344,7 +361,7 @@ class FileSystem:
             return
         inode.refs = max(0, inode.refs - n)
         if inode.refs == 0 and inode.nlink == 0 and not self.readonly:
-            self._begin()
+            self._begin(freeing=True)
             self._dir(self.inode(fmt.ORPHAN_INO)).remove(b"%d" % ino)
             self._destroy(inode)
         elif inode.refs == 0:
@@ -395,7 +412,7 @@ class FileSystem:
                 raise FsError(errno.EISDIR)
             if stat.S_ISDIR(target.mode) and len(self._dir(target)):
                 raise FsError(errno.ENOTEMPTY)
-        self._begin()
+        self._begin(freeing=target is not None)
         if flags & RENAME_EXCHANGE:
             od.retarget(old, target.ino, target.mode)
             nd.retarget(new, src.ino, src.mode)
@@ -443,6 +460,8 @@ class FileSystem:
         """(cookie, name, inode number, dtype) after `cookie`, "." and ".." first."""
         inode = self.inode(ino)
         d = self._dir(inode)
+        if cookie == 0:
+            self._accessed(inode)
         if cookie < 1:
             yield 1, b".", inode.ino, stat.S_IFDIR >> 12
         if cookie < 2:
@@ -460,7 +479,7 @@ class FileSystem:
         inode = self.inode(ino)
         if size is not None:
             self._check_truncate(inode, size)
-        self._begin()
+        self._begin(freeing=size is not None and size < inode.size)
         if size is not None:
             self._truncate(inode, size)
         if mode is not None:
@@ -480,7 +499,7 @@ class FileSystem:
     def truncate(self, ino: int, size: int) -> None:
         inode = self.inode(ino)
         self._check_truncate(inode, size)
-        self._begin()
+        self._begin(freeing=size < inode.size)
         self._truncate(inode, size)
 
     @staticmethod
@@ -551,6 +570,8 @@ class FileSystem:
         inode = self.inode(ino)
         if stat.S_ISDIR(inode.mode):
             raise FsError(errno.EISDIR)
+        if size > 0:
+            self._accessed(inode)
         if off >= inode.size or size <= 0:
             return b""
         size = min(size, inode.size - off)
@@ -778,7 +799,7 @@ class FileSystem:
         blob = _pack_xattrs(xattrs)
         if len(blob) > fmt.MAX_XATTR_BYTES:
             raise FsError(errno.ENOSPC, "extended attributes of one inode are limited to 64 KiB")
-        self._begin(len(blob) // fmt.PAYLOAD + 1)
+        self._begin(len(blob) // fmt.PAYLOAD + 1, freeing=len(xattrs) < len(inode.xattrs or {}))
         blocks = write_blob(self.journal, self.alloc.alloc_block, lambda b: self.alloc.free_blocks(b, 1),
                             inode.ino, inode.xattr_blocks, blob)
         inode.xattr_blocks = blocks
@@ -789,7 +810,8 @@ class FileSystem:
     # --- whole file system ------------------------------------------------------------------------
     def statfs(self) -> StatFs:
         sb = self.sb
-        return StatFs(BS, sb.total_blocks - sb.data_start, self.alloc.blocks.free_ondisk,
+        free = self.alloc.blocks.free_ondisk
+        return StatFs(BS, sb.total_blocks - sb.data_start, free, max(0, free - RESERVE - SLACK),
                       sb.inode_count - fmt.FIRST_FREE_INO, self.alloc.inodes.free_ondisk)
 
 

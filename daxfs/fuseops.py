@@ -276,7 +276,8 @@ class DaxOperations(pyfuse3.Operations):
         v = pyfuse3.StatvfsData()
         v.f_bsize = v.f_frsize = s.block_size
         v.f_blocks = s.blocks
-        v.f_bfree = v.f_bavail = s.blocks_free
+        v.f_bfree = s.blocks_free
+        v.f_bavail = s.blocks_avail
         v.f_files = s.files
         v.f_ffree = v.f_favail = s.files_free
         v.f_namemax = s.namemax

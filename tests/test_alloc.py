@@ -9,6 +9,7 @@ import pytest
 from daxfs import format as fmt
 from daxfs.errors import FsError
 from daxfs.extent import WRITTEN
+from daxfs.fs import RESERVE
 
 from conftest import crash, mkfile, reopen
 
@@ -25,9 +26,10 @@ def pblocks(f, ino) -> set[int]:
 
 
 def fill(f, name: bytes, leave: int) -> int:
-    """A file using all free blocks but about `leave`."""
+    """A file using all free blocks that ordinary writes may take but about `leave` (the RESERVE is
+    for operations that free space)."""
     ino = mkfile(f, name)
-    n = f.alloc.blocks.free_now - leave
+    n = f.alloc.blocks.free_now - leave - RESERVE
     f.write(ino, 0, b"\x5a" * (n * BS))
     return ino
 

@@ -270,10 +270,6 @@ def test_enospc_leaves_a_consistent_fs(daxmount, opts):
             assert read_file(j(m.mnt, name)) == data, name
 
 
-@pytest.mark.xfail(strict=True, reason="engine: on a full fs, unlink of a file the kernel still references puts "
-                   "it on the orphan list, whose new dirent block takes free_now below SLACK; the FORGET that "
-                   "should free it then fails in FileSystem._begin with ENOSPC (fuseops logs and drops it), so "
-                   "no block ever comes back and every later unlink fails with ENOSPC until a remount")
 @pytest.mark.parametrize("opts", ["", "map_sync"])
 def test_enospc_delete_then_write_again(daxmount, opts):
     m = daxmount(opts, size="16M")
