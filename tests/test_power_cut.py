@@ -40,7 +40,7 @@ from daxfs.errors import DaxfsError, FsError
 from daxfs.fs import RENAME_EXCHANGE, RENAME_NOREPLACE, XATTR_CREATE, XATTR_REPLACE, FileSystem, mkfs
 
 from conftest import SHM, CrashRegion
-from model import DIR, FILE, LINK, ROOT, Model, Snapshot
+from daxfs.model import DIR, FILE, LINK, ROOT, Model, Snapshot
 
 
 BS = fmt.BLOCK_SIZE

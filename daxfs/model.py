@@ -1,4 +1,8 @@
-"""An in-memory model of a daxfs namespace and file contents, for the power-cut property test.
+"""An in-memory model of a POSIX namespace and file contents: what daxfs must show after a crash.
+
+Used by the engine's power-cut property test (tests/test_power_cut.py) and by the crash-test oracle
+(daxfs/oracle.py), which replays a workload's operations on it to know which states a recovered
+mount may be in.
 
 The model is the specification in the simplest form: nodes (files, directories, symlinks) with names
 in directories, bytes, extended attributes. Each operation comes in two halves: `check_*` says which
@@ -17,6 +21,7 @@ from __future__ import annotations
 import errno
 from dataclasses import dataclass, field
 
+BLOCK = 4096
 ROOT = 1
 FILE, DIR, LINK = "f", "d", "l"
 
@@ -28,9 +33,12 @@ class Node:
     entries: dict[bytes, int] = field(default_factory=dict)  # directories: name -> node
     xattrs: dict[bytes, bytes] = field(default_factory=dict)
     parent: int = 0  # directories
+    written: set[int] = field(default_factory=set)  # files: blocks mapped and written
+    unwritten: set[int] = field(default_factory=set)  # files: blocks preallocated, never written
 
     def copy(self) -> "Node":
-        return Node(self.kind, bytearray(self.data), dict(self.entries), dict(self.xattrs), self.parent)
+        return Node(self.kind, bytearray(self.data), dict(self.entries), dict(self.xattrs), self.parent,
+                    set(self.written), set(self.unwritten))
 
 
 @dataclass
@@ -93,6 +101,34 @@ class Model:
             if d == ROOT:
                 return False
             d = self.nodes[d].parent
+
+    def resolve(self, path: str) -> int | None:
+        """The node at a relative path ("" is the root), None if there is none."""
+        nid = ROOT
+        for name in filter(None, path.split("/")):
+            node = self.nodes[nid]
+            if node.kind != DIR or name.encode() not in node.entries:
+                return None
+            nid = node.entries[name.encode()]
+        return nid
+
+    def parent_of(self, path: str) -> tuple[int | None, bytes]:
+        """(directory node, name) of a relative path; the node is None if the directory is missing."""
+        head, _, name = path.rpartition("/")
+        d = self.resolve(head)
+        return (d if d is not None and self.nodes[d].kind == DIR else None), name.encode()
+
+    def needs_commit(self, nid: int, off: int, n: int) -> bool:
+        """Does a write of [off, off+n) touch a block whose mapping or size it changes (a hole, an
+        unwritten block, growth)? daxfs's MAP_SYNC rule commits before acknowledging such a write.
+        The file system may commit more often (a block can stay unstable from an earlier change), never
+        less: a crash checker may rely on this answer as a lower bound."""
+        node = self.nodes[nid]
+        if n <= 0:
+            return False
+        if off + n > len(node.data):
+            return True
+        return any(b not in node.written for b in range(off // BLOCK, (off + n - 1) // BLOCK + 1))
 
     def capture(self, label: str = "") -> Snapshot:
         return Snapshot({n: node.copy() for n, node in self.reachable().items()}, len(self.log), label)
@@ -217,16 +253,26 @@ class Model:
         if off > len(buf):
             buf.extend(bytes(off - len(buf)))
         buf[off:off + len(data)] = data
+        if data:
+            blocks = range(off // BLOCK, (off + len(data) - 1) // BLOCK + 1)
+            self.nodes[nid].written.update(blocks)
+            self.nodes[nid].unwritten.difference_update(blocks)
 
     def do_truncate(self, nid: int, size: int) -> None:
         self.log += self.changes_of_resize(nid, size)
-        buf = self.nodes[nid].data
+        node = self.nodes[nid]
+        buf = node.data
         if size < len(buf):
             del buf[size:]
+            keep = -(-size // BLOCK)
+            node.written = {b for b in node.written if b < keep}
+            node.unwritten = {b for b in node.unwritten if b < keep}
         else:
             buf.extend(bytes(size - len(buf)))
 
     def do_prealloc(self, nid: int, off: int, length: int, keep_size: bool) -> None:
+        node = self.nodes[nid]
+        node.unwritten.update(b for b in range(off // BLOCK, (off + length - 1) // BLOCK + 1) if b not in node.written)
         if not keep_size and off + length > len(self.nodes[nid].data):
             self.do_truncate(nid, off + length)
 
