@@ -12,6 +12,9 @@ sync mode the caller asks needs_commit() and commits before acknowledging.
 Freed blocks are reusable only after their transaction is checkpointed (journal.py), and a newly
 allocated block is zeroed, or wholly overwritten, before the transaction mapping it can commit
 (commit.py I1), so no file ever shows another file's old bytes.
+
+Direct access (the last section): clients map file pages straight from the image and ask for each
+page's block on first touch (faults); the blocks they were given stay pinned until they unmap.
 """
 
 from __future__ import annotations
@@ -21,7 +24,9 @@ import os
 import stat
 import struct
 import time
-from dataclasses import dataclass
+from bisect import bisect_left
+from dataclasses import dataclass, field
+from typing import Callable
 
 from daxfs import crashpoint
 from daxfs import format as fmt
@@ -67,6 +72,24 @@ class StatFs:
     namemax: int = fmt.MAX_NAME
 
 
+@dataclass(eq=False)
+class DaxMapping:
+    """One client's direct mapping of file pages [first, first+count), as the engine tracks it."""
+    id: int
+    ino: int
+    first: int
+    count: int
+    writable: bool
+    blocks: dict[int, int] = field(default_factory=dict)  # file page -> pmem block handed out (pinned)
+    written: set[int] = field(default_factory=set)  # pages handed out writable
+    holes: set[int] = field(default_factory=set)  # pages handed out as the zero page
+    stale: set[int] = field(default_factory=set)  # zero pages that got a block since: fault them again
+    revoked: bool = False  # truncate, hole punch or the last unlink took the range away
+
+    def overlaps(self, lo: int, hi: int) -> bool:
+        return self.first < hi and lo < self.first + self.count
+
+
 def now_ns() -> int:
     return time.time_ns()
 
@@ -88,6 +111,11 @@ class FileSystem:
         self.journal = Journal(region, sb)
         self.alloc = Allocator(self.journal, sb)
         self.inodes = InodeTable(self.journal, self.alloc, sb)
+        self.dax: dict[int, list[DaxMapping]] = {}  # ino -> its direct mappings (revoked ones too)
+        self.dax_notify: Callable[[DaxMapping], None] = lambda m: None  # a mapping was revoked or went stale
+        self._pins: dict[int, int] = {}  # pmem block -> mappings holding it
+        self._held: set[int] = set()  # freed, checkpointed, but pinned: reusable at the last unpin
+        self._next_map = 1
         orphans = 0
         if not readonly:
             orphans = self._free_orphans()
@@ -128,7 +156,7 @@ class FileSystem:
         self.after_commit()
 
     def after_commit(self) -> None:
-        self.alloc.release(self.journal.take_releasable())
+        self.alloc.release(self._unpinned(self.journal.take_releasable()))
         self.journal.evict_clean()
 
     @property
@@ -330,6 +358,7 @@ class FileSystem:
 
     def _unreferenced(self, inode: Inode) -> None:
         """nlink reached 0: free now, or keep as an orphan while the kernel still references it."""
+        self._dax_revoke(inode, 0, fmt.MAX_FILE_BLOCKS)
         if inode.refs > 0:
             self.inodes.save(inode)
             self._dir(self.inode(fmt.ORPHAN_INO)).add(b"%d" % inode.ino, inode.ino, inode.mode)
@@ -529,6 +558,7 @@ class FileSystem:
         step, and the orphan entry goes with the last. A crash between steps leaves the orphan entry,
         and the next mount finishes the cut (_free_orphans)."""
         keep = (size + BS - 1) // BS
+        self._dax_revoke(inode, keep, fmt.MAX_FILE_BLOCKS)
         ext = self._extents(inode)
         budget = max(16, self.journal.max_txn_blocks - self.sb.bitmap_blocks - 64)
         orphans = self._dir(self.inode(fmt.ORPHAN_INO))
@@ -601,12 +631,24 @@ class FileSystem:
         if off + n > fmt.MAX_FILE_BLOCKS * BS:
             raise FsError(errno.EFBIG)
         ext = self._extents(inode)
-        first, last = off // BS, (off + n - 1) // BS
-        maps = ext.iomap(first, last - first + 1)
+        end = off + n
+        self._make_written(inode, ext, off // BS, (end - 1) // BS + 1, off, end, begin)
+        if end > inode.size:  # before the copy: growing zeroes the old EOF block past the old size
+            self._grow_size(inode, end)
+            inode.size = end
+        self._copy_in(inode, ext, off, data)
+        self._touch(inode)
+        return n
+
+    def _make_written(self, inode: Inode, ext: ExtentMap, lo: int, hi: int, off: int, end: int,
+                      begin: bool = True) -> None:
+        """Make file blocks [lo, hi) written for a store of bytes [off, end): allocate the holes,
+        convert the unwritten extents, zero what the store will not cover, mark them unstable. The
+        write path and the write fault (off == end: the whole blocks are zeroed) share it."""
+        maps = ext.iomap(lo, hi - lo)
         if begin:
             self._begin(sum(m.len for m in maps if m.state == HOLE))
         tid = self.journal.running_tid
-        end = off + n
         for m in maps:
             if m.state == WRITTEN:
                 continue
@@ -617,12 +659,7 @@ class FileSystem:
                 ext.set_written(m.lblk, m.lblk + m.len)
                 self.journal.ordered(m.pblk * BS, m.len * BS)
             inode.unstable.mark(m.lblk, m.lblk + m.len, tid)
-        if end > inode.size:  # before the copy: growing zeroes the old EOF block past the old size
-            self._grow_size(inode, end)
-            inode.size = end
-        self._copy_in(inode, ext, off, data)
-        self._touch(inode)
-        return n
+            self._dax_filled(inode, m.lblk, m.lblk + m.len)
 
     def _map_new(self, inode: Inode, ext: ExtentMap, hole: IoMap, off: int, end: int) -> None:
         """Allocate pmem for a hole, zero what the write will not cover, map it written."""
@@ -660,11 +697,15 @@ class FileSystem:
 
     def _store(self, inode: Inode, at: int, data: bytes | memoryview) -> None:
         self.region.store(at, data)
+        self._dirty(inode, at, len(data))
+
+    def _dirty(self, inode: Inode, at: int, n: int) -> None:
+        """Remember pmem bytes [at, at+n) as stored since the last fsync (persist_data flushes them)."""
         runs = inode.dirty_data
         if runs and runs[-1][0] + runs[-1][1] == at:
-            runs[-1] = (runs[-1][0], runs[-1][1] + len(data))
+            runs[-1] = (runs[-1][0], runs[-1][1] + n)
         elif len(runs) < 4096:
-            runs.append((at, len(data)))
+            runs.append((at, n))
         else:
             runs[0] = (0, self.region.size)  # too many runs to track: fsync persists the whole image
 
@@ -698,6 +739,36 @@ class FileSystem:
         self._touch(inode, m=False)
         return total
 
+    def punch(self, ino: int, off: int, length: int) -> int:
+        """fallocate(PUNCH_HOLE | KEEP_SIZE): unmap the whole blocks inside [off, off+length) and zero
+        the bytes of the partial blocks at its edges; i_size stays. Returns the blocks freed."""
+        inode = self.inode(ino)
+        if not stat.S_ISREG(inode.mode):
+            raise FsError(errno.ENODEV if stat.S_ISDIR(inode.mode) else errno.EINVAL)
+        if off < 0 or length <= 0:
+            raise FsError(errno.EINVAL)
+        end = min(off + length, inode.size)
+        if end <= off:
+            return 0
+        self._begin(freeing=True)
+        lo, hi = -(-off // BS), end // BS  # whole blocks
+        self._dax_revoke(inode, off // BS, -(-end // BS))
+        ext = self._extents(inode)
+        for a, b in ((off, min(end, lo * BS)), (max(off, hi * BS), end)):  # partial edge blocks
+            if a < b:
+                m = ext.iomap(a // BS, 1)[0]
+                if m.state == WRITTEN:
+                    self._store(inode, m.pblk * BS + a % BS, bytes(b - a))
+        freed = 0
+        if lo < hi:
+            for pblk, n in ext.remove(lo, hi):
+                self.alloc.free_blocks(pblk, n)
+                inode.blocks -= n
+                freed += n
+            inode.unstable.mark(lo, hi, self.journal.running_tid)  # fdatasync must commit the unmapping
+        self._touch(inode)
+        return freed
+
     def fsync(self, ino: int, datasync: bool = False) -> int:
         """Persist the file's data and commit the journal; returns the committed tid."""
         self.persist_data(ino)
@@ -706,9 +777,11 @@ class FileSystem:
     def persist_data(self, ino: int) -> None:
         """Make the file's stored data durable against a host crash (msync of what it wrote)."""
         inode = self.inodes.cache.get(ino)
+        runs = self._dax_written(ino)  # direct stores may land in these at any time: always flushed
         if inode is not None:
-            self.region.persist_ranges(inode.dirty_data)
+            runs += inode.dirty_data
             inode.dirty_data = []
+        self.region.persist_ranges(runs)
 
     def needs_commit(self, ino: int, off: int, length: int) -> int:
         """MAP_SYNC rule for a write [off, off+length): the tid to commit first, 0 if none."""
@@ -730,6 +803,133 @@ class FileSystem:
 
     def unstable_blocks(self) -> int:
         return sum(i.unstable.count(self.committed_tid) for i in self.inodes.cache.values())
+
+    # --- direct access (DAX faults) ----------------------------------------------------------------
+    # A client maps file pages straight from the image (daxfs.dax) and asks for a page's block the
+    # first time it touches it (faults.py carries the question). Every block handed out is pinned: a
+    # block freed while some mapping may still store into it becomes reusable only at its last unpin.
+    # Truncate, hole punch and the last unlink revoke the mappings of what they take away; a write
+    # that gives a block to a page some mapping holds as the zero page marks that page stale.
+    # dax_notify (set by the fault service) hears of both.
+
+    def dax_map(self, ino: int, first: int, count: int, writable: bool) -> DaxMapping:
+        inode = self.inode(ino)
+        if not stat.S_ISREG(inode.mode):
+            raise FsError(errno.ENODEV, "only regular files can be mapped")
+        if writable and self.readonly:
+            raise FsError(errno.EROFS)
+        if first < 0 or count <= 0 or first + count > fmt.MAX_FILE_BLOCKS:
+            raise FsError(errno.EINVAL, "the range is outside what a file can hold")
+        m = DaxMapping(self._next_map, ino, first, count, writable)
+        self._next_map += 1
+        self.dax.setdefault(ino, []).append(m)
+        return m
+
+    def dax_unmap(self, m: DaxMapping) -> None:
+        maps = self.dax.get(m.ino, [])
+        if m in maps:
+            maps.remove(m)
+            if not maps:
+                del self.dax[m.ino]
+            for pblk in m.blocks.values():
+                self._unpin(pblk)
+            m.blocks.clear()
+
+    def dax_mapped(self, ino: int) -> bool:
+        """Does the file have a live (not revoked) direct mapping?"""
+        return any(not m.revoked for m in self.dax.get(ino, ()))
+
+    def dax_fault(self, m: DaxMapping, page: int, count: int, write: bool) -> tuple[list[tuple[int, int, int | None]], int]:
+        """Fault file pages [page, page+count) of mapping m: runs (file page, pages, pmem block, None
+        for the zero page) and the tid to commit before a MAP_SYNC mapping may store (0: none).
+
+        A read fault maps written blocks and gives holes and unwritten blocks as the zero page,
+        allocating nothing. A write fault makes the blocks written (_make_written: allocation or
+        conversion, zeroed whole) and hands them out writable."""
+        if m.revoked:
+            raise FsError(errno.EFAULT, "the mapping was revoked (truncate, hole punch or unlink)")
+        if not (m.first <= page and count > 0 and page + count <= m.first + m.count):
+            raise FsError(errno.EINVAL, "pages outside the mapping")
+        if write and not m.writable:
+            raise FsError(errno.EACCES, "write fault on a read-only mapping")
+        inode = self.inode(m.ino)
+        if (page + count - 1) * BS >= inode.size:
+            raise FsError(errno.EFAULT, f"page {page + count - 1} is beyond the end of the file (SIGBUS)")
+        ext = self._extents(inode)
+        tid = 0
+        if write:
+            self._make_written(inode, ext, page, page + count, page * BS, page * BS)
+            self._touch(inode)
+            tid = needs_commit(inode.unstable, page, page + count, self.committed_tid)
+        runs: list[tuple[int, int, int | None]] = []
+        for r in ext.iomap(page, count):
+            if r.state != WRITTEN:
+                m.holes.update(range(r.lblk, r.lblk + r.len))
+                runs.append((r.lblk, r.len, None))
+                continue
+            for i in range(r.len):
+                p, pblk = r.lblk + i, r.pblk + i
+                m.holes.discard(p)
+                m.stale.discard(p)
+                if p not in m.blocks:
+                    m.blocks[p] = pblk
+                    self._pins[pblk] = self._pins.get(pblk, 0) + 1
+                if write:
+                    m.written.add(p)
+            runs.append((r.lblk, r.len, r.pblk))
+        return runs, tid
+
+    def dax_take_stale(self, m: DaxMapping) -> list[int]:
+        """The zero pages of m that have a block now (the client unmaps them to fault them again)."""
+        stale, m.stale = sorted(m.stale), set()
+        return stale
+
+    def _dax_revoke(self, inode: Inode, lo: int, hi: int) -> None:
+        for m in self.dax.get(inode.ino, ()):
+            if not m.revoked and m.overlaps(lo, hi):
+                m.revoked = True
+                self.dax_notify(m)
+
+    def _dax_filled(self, inode: Inode, lo: int, hi: int) -> None:
+        for m in self.dax.get(inode.ino, ()):
+            hit = [p for p in range(max(lo, m.first), min(hi, m.first + m.count)) if p in m.holes]
+            if hit and not m.revoked:
+                m.holes.difference_update(hit)
+                m.stale.update(hit)
+                self.dax_notify(m)
+
+    def _dax_written(self, ino: int) -> list[tuple[int, int]]:
+        return [(m.blocks[p] * BS, BS) for m in self.dax.get(ino, ()) for p in m.written if p in m.blocks]
+
+    def _unpin(self, pblk: int) -> None:
+        n = self._pins[pblk] - 1
+        if n:
+            self._pins[pblk] = n
+            return
+        del self._pins[pblk]
+        if pblk in self._held:
+            self._held.discard(pblk)
+            self.alloc.release([(pblk, 1)])
+
+    def _unpinned(self, runs: list[tuple[int, int]]) -> list[tuple[int, int]]:
+        """Freed runs that may become reusable now: pinned blocks are held back until unpinned."""
+        if not self._pins or not runs:
+            return runs
+        pinned = sorted(self._pins)
+        out = []
+        for lo, n in runs:
+            start, end = lo, lo + n
+            i = bisect_left(pinned, lo)
+            while i < len(pinned) and pinned[i] < end:
+                b = pinned[i]
+                if b > start:
+                    out.append((start, b - start))
+                self._held.add(b)
+                start = b + 1
+                i += 1
+            if start < end:
+                out.append((start, end - start))
+        return out
 
     # --- extended attributes ----------------------------------------------------------------------
     def _xattr_blocks(self, inode: Inode) -> list[int]:
