@@ -199,22 +199,24 @@ def _xattr(path: str, name: str) -> bytes:
 @click.option("--json", "as_json", is_flag=True, help="machine-readable output")
 @friendly()
 def stats(mountpoint: str, as_json: bool) -> None:
-    """The daemon's counters: writes, sync faults, commits and their latency histogram, unstable blocks."""
+    """The daemon's counters: writes, sync faults, commits, direct-access faults, their latency
+    histograms, unstable blocks."""
     d = json.loads(_xattr(mountpoint, "user.daxfs.stats"))
     if as_json:
         click.echo(json.dumps(d, indent=2))
         return
-    hist = d.pop("commit_latency")
+    hists = {k: d.pop(k) for k in list(d) if k.endswith("_latency")}
     width = max(len(k) for k in d)
     for k, v in d.items():
         click.echo(f"{k:<{width}}  {v}")
-    click.echo("commit latency:")
-    if hist["count"]:
-        click.echo(f"  min={hist['min_us']:.0f} avg={hist['avg_us']:.0f} max={hist['max_us']:.0f}")
-        for label, n in hist["buckets"].items():
-            click.echo(f"  {label}: {n}")
-    else:
-        click.echo("  (no commits yet)")
+    for name, hist in hists.items():  # commits, then direct-access faults, in the seed's format
+        click.echo(f"{name.replace('_', ' ')}:")
+        if hist["count"]:
+            click.echo(f"  min={hist['min_us']:.0f} avg={hist['avg_us']:.0f} max={hist['max_us']:.0f}")
+            for label, n in hist["buckets"].items():
+                click.echo(f"  {label}: {n}")
+        else:
+            click.echo("  (none yet)")
 
 
 @main.command(name="map")

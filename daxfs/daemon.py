@@ -1,11 +1,13 @@
 """The daxfs daemon: mount options, the mount's life (init, run, close), and unmounting.
 
 Start-up is pyfuse3's usual init, run, close:
-  open the image (replay the journal, free orphans) -> pyfuse3.init (the kernel mount exists) ->
-  tell whoever started us that the mount answers -> trio runs pyfuse3.main beside the periodic
-  committer until the file system is unmounted or a signal asks us to stop -> pyfuse3.close ->
-  FileSystem.close (commit, checkpoint, mark the image clean).
-A SIGKILL skips the last two steps; the next mount's replay does their work.
+  revoke the direct mappings a killed predecessor handed out (faults.revoke_stale) -> open the
+  image (replay the journal, free orphans) -> pyfuse3.init (the kernel mount exists) -> tell whoever
+  started us that the mount answers -> trio runs pyfuse3.main beside the periodic committer, the
+  control socket and the fault service until the file system is unmounted or a signal asks us to
+  stop -> pyfuse3.close -> revoke every direct mapping -> FileSystem.close (commit, checkpoint,
+  mark the image clean).
+A SIGKILL skips the last three steps; the next mount's replay does their work.
 
 While mounted, the daemon holds an exclusive flock on the image, so that no second daemon, mkfs or
 writer can open it underneath.
@@ -165,6 +167,7 @@ def serve(image: str, mountpoint: str, opts: MountOptions, tell) -> None:
     import trio
 
     from daxfs.committer import Committer
+    from daxfs.faults import FaultService, revoke_stale
     from daxfs.fs import FileSystem
     from daxfs.fuseops import DaxOperations
     from daxfs.stats import Stats
@@ -174,6 +177,8 @@ def serve(image: str, mountpoint: str, opts: MountOptions, tell) -> None:
     if os.path.ismount(mountpoint):
         raise DaxfsError(f"{mountpoint}: something is already mounted there")
     lock_fd = lock_image(image, exclusive=not opts.ro)
+    state_dir = os.path.dirname(control_socket_path(image))
+    revoke_stale(state_dir)  # direct mappings a killed predecessor handed out, before any block is reused
     fs = FileSystem.open(image, readonly=opts.ro, durable=opts.msync)
     r = fs.open_report
     if r.was_dirty:
@@ -194,6 +199,8 @@ def serve(image: str, mountpoint: str, opts: MountOptions, tell) -> None:
 
     control = ControlServer(control_socket_path(image), os.getuid())
     register_control_ops(control)
+    faults = FaultService(fs, committer, stats, state_dir, image, opts.map_sync, opts.allow_other)
+    faults.register(control)
 
     async def main() -> None:
         async with trio.open_nursery() as nursery:
@@ -201,6 +208,7 @@ def serve(image: str, mountpoint: str, opts: MountOptions, tell) -> None:
                 nursery.start_soon(committer.run_periodic, opts.commit)
             nursery.start_soon(_stop_on_signal)
             await nursery.start(control.serve)
+            await nursery.start(faults.run)
             ops.control_path = control.path
             log.info("mounted %s on %s (%s)", image, mountpoint, opts.to_string())
             tell("ready")
@@ -218,6 +226,7 @@ def serve(image: str, mountpoint: str, opts: MountOptions, tell) -> None:
         trio.run(main)
     finally:
         pyfuse3.close(unmount=True)
+        faults.close()  # revokes every direct mapping
         fs.close()
         os.close(lock_fd)
         shutil.rmtree(os.path.dirname(control.path), ignore_errors=True)  # a SIGKILL leaves it for the next mount

@@ -17,8 +17,13 @@ Side channels, all through extended attributes so that the kernel checks permiss
   user.daxfs.map       (get, file)          the file's extents with their stability, as JSON
   user.daxfs.prealloc  (set, file: "OFFSET LENGTH")  unwritten extents (fallocate mode 0); needs
                        write permission, as setting any user.* attribute does
+  user.daxfs.punch     (set, file: "OFFSET LENGTH")  hole punch (fallocate PUNCH_HOLE|KEEP_SIZE)
   user.daxfs.map_sync  (get/set/remove, persistent)  sync mode for this file, like chattr +S
   user.daxfs.control   (get, any inode)     the path of the daemon's control socket (control.py)
+
+Direct mappings (daxfs.dax, faults.py) store into pmem behind the page cache. So that read() sees
+those stores at once, a file with a live direct mapping is opened with direct_io: its reads skip
+the page cache. (Such handles cannot be mmap(2)ed MAP_SHARED; docs/dax.md.)
 """
 
 from __future__ import annotations
@@ -32,6 +37,7 @@ import stat
 from dataclasses import dataclass
 
 import pyfuse3
+import trio
 
 from daxfs import crashpoint
 from daxfs.committer import Committer
@@ -49,6 +55,7 @@ STATS_XATTR = b"user.daxfs.stats"
 CONTROL_XATTR = b"user.daxfs.control"
 MAP_XATTR = b"user.daxfs.map"
 PREALLOC_XATTR = b"user.daxfs.prealloc"
+PUNCH_XATTR = b"user.daxfs.punch"
 MAP_LIMIT = 60 * 1024  # an xattr value must fit in 64 KiB
 
 
@@ -116,8 +123,9 @@ class DaxOperations(pyfuse3.Operations):
         self.next_fh += 1
         self.handles[fh] = Handle(ino, bool(flags & (os.O_SYNC | os.O_DSYNC)))
         # keep_cache=False: each open starts from what pmem holds, whatever was stored behind the
-        # page cache's back (direct mappings) since the last open.
-        return pyfuse3.FileInfo(fh=fh, keep_cache=False)
+        # page cache's back (direct mappings) since the last open. While a direct mapping is live,
+        # stores go on behind its back: then no page cache at all.
+        return pyfuse3.FileInfo(fh=fh, keep_cache=False, direct_io=self.fs.dax_mapped(ino))
 
     def sync_mode(self, h: Handle) -> bool:
         return self.map_sync or h.sync or bool(self.fs.inode(h.ino).flags & FLAG_MAP_SYNC)
@@ -296,13 +304,19 @@ class DaxOperations(pyfuse3.Operations):
 
     @fuse_errors
     async def setxattr(self, inode, name, value, ctx):
-        if name == PREALLOC_XATTR:
+        if name in (PREALLOC_XATTR, PUNCH_XATTR):
             try:
                 off, length = (int(x) for x in value.split())
             except ValueError:
                 raise FsError(errno.EINVAL) from None
-            self.fs.prealloc(inode, off, length)
-            pyfuse3.invalidate_inode(inode, attr_only=True)  # size and blocks changed behind the kernel
+            if name == PREALLOC_XATTR:
+                self.fs.prealloc(inode, off, length)
+                pyfuse3.invalidate_inode(inode, attr_only=True)  # size and blocks changed behind the kernel
+            else:
+                self.fs.punch(inode, off, length)
+                # the cached pages of the range are zeros now; in a thread, as the kernel waits for
+                # pages under read, and those reads need this loop
+                await trio.to_thread.run_sync(functools.partial(pyfuse3.invalidate_inode, inode))
             return
         if name in (STATS_XATTR, MAP_XATTR, CONTROL_XATTR):
             raise FsError(errno.EPERM)
@@ -325,6 +339,7 @@ class DaxOperations(pyfuse3.Operations):
             committed_tid=self.fs.committed_tid,
             running_tid=j.running_tid,
             running_blocks=len(j.running.blocks),
+            dax_mappings=sum(not m.revoked for maps in self.fs.dax.values() for m in maps),
             checkpoints=j.stats_checkpoints,
             journal_used_blocks=j.used,
             journal_blocks=j.size)

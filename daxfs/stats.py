@@ -59,14 +59,35 @@ class Stats:
     fsyncs: int = 0
     commits: int = 0
     commit_latency: Histogram = field(default_factory=Histogram)
+    # direct access (faults.py): faults as the daemon served them, from request to answer
+    dax_maps: int = 0  # mappings made
+    read_faults: int = 0
+    write_faults: int = 0
+    sync_write_faults: int = 0  # write faults of MAP_SYNC mappings that waited for a commit
+    read_fault_latency: Histogram = field(default_factory=Histogram)
+    write_fault_latency: Histogram = field(default_factory=Histogram)  # those that did not wait
+    sync_write_fault_latency: Histogram = field(default_factory=Histogram)
 
     def commit_done(self, seconds: float) -> None:
         self.commits += 1
         self.commit_latency.add(seconds)
 
+    def fault_done(self, write: bool, waited: bool, seconds: float) -> None:
+        if not write:
+            self.read_faults += 1
+            self.read_fault_latency.add(seconds)
+        elif waited:
+            self.write_faults += 1
+            self.sync_write_faults += 1
+            self.sync_write_fault_latency.add(seconds)
+        else:
+            self.write_faults += 1
+            self.write_fault_latency.add(seconds)
+
     def as_dict(self, **extra) -> dict:
+        """Counters, then every histogram as a dict (keys ending in _latency)."""
         d = {k: v for k, v in self.__dict__.items() if not isinstance(v, Histogram)}
         d["uptime_s"] = round(time.time() - self.started, 1)
-        d["commit_latency"] = self.commit_latency.as_dict()
         d.update(extra)
+        d.update({k: v.as_dict() for k, v in self.__dict__.items() if isinstance(v, Histogram)})
         return d
