@@ -31,8 +31,9 @@ test: venv  ## unit tests, integration tests on real mounts, a short crash campa
 	$(VENV)/bin/lint-imports
 	$(PY) -m pytest -q
 
-demo: venv  ## the README's main job: what each mode keeps after a crash, and what each write costs
+demo: venv  ## the README's main job: what each mode keeps after a crash, and what each write costs; then the seed's fault latencies
 	$(VENV)/bin/daxfs demo
+	$(VENV)/bin/daxfs demo faults
 
 crash: venv  ## the long crash campaigns
 	$(PY) -m pytest -q -m slow

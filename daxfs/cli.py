@@ -275,6 +275,18 @@ def demo(ctx: click.Context) -> None:
         run()
 
 
+@demo.command(name="faults")
+@click.option("--png", type=click.Path(dir_okay=False), default=None, metavar="FILE",
+              help="also draw the six histograms into FILE (needs matplotlib: pip install 'daxfs[plot]')")
+@friendly()
+def demo_faults(png: str | None) -> None:
+    """The MAP_SYNC cover letter's page-fault latencies (512 pages, six cases), redone on daxfs beside
+    the letter's own numbers, then what MAP_SYNC keeps after a SIGKILL."""
+    from daxfs.demo_faults import main as run
+
+    run(png)
+
+
 def mount_helper() -> None:
     """`mount -t fuse.daxfs IMAGE DIR -o OPTS` and fstab lines run this as /sbin/mount.fuse.daxfs."""
     args = sys.argv[1:]

@@ -299,7 +299,7 @@ def unmount(mountpoint: str, echo, lazy: bool = False, timeout: float = 60.0) ->
 
         pid = json.loads(os.getxattr(mountpoint, "user.daxfs.stats"))["pid"]
     except OSError as e:
-        if e.errno != errno.ENOTCONN:
+        if e.errno not in (errno.ENOTCONN, errno.ECONNABORTED):  # both mean: the daemon was killed
             raise DaxfsError(f"{mountpoint}: cannot reach the daemon: {e.strerror}") from None
     if pid is None:
         _fusermount(mountpoint, lazy=True)
