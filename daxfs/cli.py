@@ -264,6 +264,49 @@ def prealloc(file: str, offset: int, length: int) -> None:
     os.stat(file)
 
 
+@main.command()
+@click.option("--mode", type=click.Choice(["sync", "normal"]), default="sync", show_default=True,
+              help="sync: -o map_sync; normal: the default commit interval")
+@click.option("--points", type=click.IntRange(min=0), default=20, show_default=True,
+              help="random crash points (a SIGKILL after a random delay), spread over the workloads")
+@click.option("--seed", type=int, default=None, help="campaign seed (default: random, printed)")
+@click.option("--workload", "workloads", multiple=True, metavar="NAME",
+              help="a built-in workload (repeatable; default: all), or 'ace' for the exhaustive generator")
+@click.option("--cmd", default="", metavar="SHELL", help="crash-test your own program: run SHELL in the mount "
+              "($DAXFS_MNT; it may log acknowledgements to $DAXFS_ORACLE)")
+@click.option("--check", "check_cmd", default="", metavar="SHELL",
+              help="with --cmd: run after the remount; exit 0 if what survived is acceptable")
+@click.option("--jobs", "-j", type=click.IntRange(min=1), default=2, show_default=True, help="cases at once")
+@click.option("--json", "json_file", type=click.Path(dir_okay=False), default=None, help="write a JSON report")
+@click.option("--no-inject", is_flag=True, help="random crash points only, not every injection point")
+@click.option("--passes-per-point", type=click.IntRange(min=1), default=3, show_default=True,
+              help="injection points passed more often are crashed at this many passes (first, last, between)")
+@click.option("--sequences", type=click.IntRange(min=1), default=None,
+              help="with --workload ace: a random sample of this many sequences (default: all)")
+@click.option("--keep", type=click.Path(file_okay=False), default=None,
+              help="copy the images and logs of every failed case into this directory")
+@click.option("--list-points", is_flag=True, help="list the injection points and exit")
+@click.option("--workload-seed", type=int, default=None, hidden=True)
+@click.option("--sequence", type=int, default=None, hidden=True)
+@click.option("--crash-after", type=float, default=None, hidden=True)
+@click.option("--crash-at", default=None, hidden=True)
+@friendly()
+def crashtest(mode, points, seed, workloads, cmd, check_cmd, jobs, json_file, no_inject, passes_per_point,
+              sequences, keep, list_points, workload_seed, sequence, crash_after, crash_at) -> None:
+    """Crash-test daxfs (or your program): mount, run a workload, SIGKILL the daemon (at random, or at
+    every injection point it passes), remount, fsck, check every acknowledgement. Exit 1 on any violation."""
+    from daxfs import crashreport
+
+    if list_points:
+        crashreport.print_points()
+        return
+    sys.exit(crashreport.main(mode=mode, points=points, seed=seed, workloads=list(workloads), cmd=cmd,
+                              check=check_cmd, jobs=jobs, json_file=json_file, inject=not no_inject,
+                              passes_per_point=passes_per_point, sequences=sequences, keep=keep,
+                              workload_seed=workload_seed, sequence=sequence, crash_after=crash_after,
+                              crash_at=crash_at))
+
+
 @main.group(invoke_without_command=True)
 @click.pass_context
 @friendly()

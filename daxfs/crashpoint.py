@@ -28,6 +28,8 @@ class PowerCut(BaseException):
 
 
 _armed: dict[str, list] = {}
+passes: dict[str, int] = {}  # how often each point was passed: a crash campaign learns from a dry run
+                             # which passes exist, then crashes at each
 
 
 def arm(name: str, nth: int, action: Callable[[str], None]) -> None:
@@ -41,6 +43,7 @@ def disarm_all() -> None:
 
 
 def hit(name: str) -> None:
+    passes[name] = passes.get(name, 0) + 1
     slot = _armed.get(name)
     if slot is None:
         return

@@ -136,7 +136,8 @@ def control_socket_path(image: str) -> str:
 
 def register_control_ops(control: ControlServer) -> None:
     """What a crash test may ask of a running daemon (control.py): die now, die at the next pass of
-    a crash point, or write a mark into the log. Each answers once it has taken effect."""
+    a crash point, write a mark into the log, or how often each crash point was passed. Each answers
+    once it has taken effect."""
     async def crash(peer, req):
         log.warning("crash requested by pid %d: SIGKILL", peer.pid)
         return {"_after": lambda: _kill_self("control")}
@@ -155,7 +156,11 @@ def register_control_ops(control: ControlServer) -> None:
             h.flush()
         return {}
 
+    async def passes(peer, req):
+        return {"passes": dict(crashpoint.passes)}
+
     control.register("crash", crash, privileged=True)
+    control.register("passes", passes)
     control.register("crash_at", crash_at, privileged=True)
     control.register("mark", mark, privileged=True)
 

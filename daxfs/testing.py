@@ -150,6 +150,11 @@ class Mount:
         with self.control() as c:
             c.call("crash_at", point=point, nth=nth)
 
+    def passes(self) -> dict[str, int]:
+        """How often the daemon has passed each crash point so far."""
+        with self.control() as c:
+            return c.call("passes")["passes"]
+
     def mark(self, text: str) -> None:
         """Write 'MARK text' into the daemon's log (to line up a test's phases with the daemon's)."""
         with self.control() as c:
