@@ -35,7 +35,11 @@ demo: venv  ## the README's main job: what each mode keeps after a crash, and wh
 	$(VENV)/bin/daxfs demo
 	$(VENV)/bin/daxfs demo faults
 
-crash: venv  ## the long crash campaigns
+crash: venv  ## the long crash campaigns (docs/crash-testing.md); JSON reports in crash-reports/
+	mkdir -p crash-reports
+	$(VENV)/bin/daxfs crashtest --mode sync --points 500 --seed 1 --json crash-reports/sync.json
+	$(VENV)/bin/daxfs crashtest --mode normal --points 120 --seed 1 --json crash-reports/normal.json
+	$(VENV)/bin/daxfs crashtest --mode sync --workload ace --seed 1 --json crash-reports/ace-sync.json
 	$(PY) -m pytest -q -m slow
 
 bench: venv

@@ -38,7 +38,9 @@ from daxfs.oracle import Verdict, Violation
 from daxfs.testing import Mount, pid_alive
 
 IMAGE_SIZE = 64 << 20
+JOURNAL_BLOCKS = 64  # small, so that short workloads fill it and checkpoints (and their crash points) happen
 WORKER_TIMEOUT = 120.0
+REPLAY_POINT = "replay.applied"  # passed at the next mount, not while the workload runs
 SCRATCH = "/dev/shm" if os.path.isdir("/dev/shm") else None
 
 
@@ -49,6 +51,11 @@ class Case:
     mode: str  # sync | normal
     crash: str  # "after:SECONDS" | "at:POINT:N" | "end"
     seq: int = -1
+
+    @property
+    def replay_point(self) -> str:
+        """"POINT:N" if the case crashes at a point of the replay (at the next mount), else ""."""
+        return self.crash[3:] if self.crash.startswith("at:replay.") else ""
 
     def command(self, cmd: str = "", check: str = "") -> str:
         """The one command that replays exactly this case."""
@@ -94,7 +101,7 @@ def run_case(case: Case, keep: str | None = None, cmd: str = "", check_cmd: str 
     os.mkdir(m.mnt)
     verdict, note, passes, duration = Verdict(), "", {}, 0.0
     try:
-        mkfs(m.image, IMAGE_SIZE)
+        mkfs(m.image, IMAGE_SIZE, journal_blocks=JOURNAL_BLOCKS)
         m.mount()
         log = os.path.join(wd, "oracle.log")
         if case.workload == "cmd":
@@ -104,6 +111,12 @@ def run_case(case: Case, keep: str | None = None, cmd: str = "", check_cmd: str 
             _worker(m, setup, case.seed, log, wd, "setup").wait(WORKER_TIMEOUT)
             note, passes, duration = _crash_workload(m, case, ops, log, wd)
         verdict.violations += _fsck(m.image, "the crashed image")
+        if case.replay_point:  # crash once more, inside the replay of the next mount
+            p = m.mount(",".join(filter(None, [opts, f"crash_at={case.replay_point}"])), check=False)
+            note += "; died in replay" if p.returncode else "; replay point not reached"
+            if not p.returncode:
+                m.umount()
+            verdict.violations += _fsck(m.image, "the image after a crash during replay")
         m.mount(opts)
         if case.workload == "cmd":
             verdict.violations += _check_command(m, check_cmd, log)
@@ -134,7 +147,7 @@ def _worker(m: Mount, ops: list[dict], seed: int, log: str, wd: str, name: str) 
 
 def _arm(m: Mount, case: Case) -> tuple[str, int]:
     kind, _, rest = case.crash.partition(":")
-    if kind != "at":
+    if kind != "at" or case.replay_point:
         return "", 0
     point, _, nth = rest.rpartition(":")
     m.crash_at(point, int(nth))
@@ -170,7 +183,7 @@ def _crash(m: Mount, case: Case, pid: int, proc: subprocess.Popen, point: str) -
     except subprocess.TimeoutExpired:
         proc.kill()
         raise RuntimeError(f"the workload hung for {WORKER_TIMEOUT:.0f} s") from None
-    if kind == "at":
+    if kind == "at" and not case.replay_point:
         if pid_alive(pid):
             return f"{point} not reached: crashed after the last operation", {}
         return f"died at {point}", {}
@@ -241,6 +254,7 @@ def make_cases(plan: Plan, dry: dict[str, Result]) -> list[Case]:
             for point, count in sorted(dry[w].passes.items()):
                 for n in _spread(count, plan.passes_per_point):
                     cases.append(Case(w, plan.seed, plan.mode, f"at:{point}:{n}"))
+            cases.append(Case(w, plan.seed, plan.mode, f"at:{REPLAY_POINT}:1"))
     for k in range(plan.points):
         w = plan.workloads[k % len(plan.workloads)]
         seed = plan.seed if w == "cmd" else rng.randrange(1 << 30)
@@ -263,6 +277,7 @@ def ace_cases(plan: Plan, pool, progress) -> list[Case]:
         progress(r)
         for point, count in sorted(r.passes.items()):
             cases += [Case("ace", plan.seed, plan.mode, f"at:{point}:{n}", k) for n in range(1, count + 1)]
+        cases.append(Case("ace", plan.seed, plan.mode, f"at:{REPLAY_POINT}:1", k))
     return cases
 
 

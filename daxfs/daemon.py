@@ -184,13 +184,13 @@ def serve(image: str, mountpoint: str, opts: MountOptions, tell) -> None:
     lock_fd = lock_image(image, exclusive=not opts.ro)
     state_dir = os.path.dirname(control_socket_path(image))
     revoke_stale(state_dir)  # direct mappings a killed predecessor handed out, before any block is reused
+    for point, nth in opts.crash_at:  # before the open: replay has crash points too
+        crashpoint.arm(point, nth, _kill_self)
     fs = FileSystem.open(image, readonly=opts.ro, durable=opts.msync)
     r = fs.open_report
     if r.was_dirty:
         tell(f"{image} was not unmounted cleanly: replayed {r.replayed} committed transactions, "
              f"freed {r.orphans} orphan inodes")
-    for point, nth in opts.crash_at:
-        crashpoint.arm(point, nth, _kill_self)
     stats = Stats()
     committer = Committer(fs, stats)
     ops = DaxOperations(fs, committer, stats, opts.map_sync)

@@ -133,3 +133,10 @@ def test_daxfs_mount_fixture_steers_the_daemon(daxfs_mount):
     assert read_file(m / "a") == b"a" * BS
     assert read_file(m / "b") == b"b" * BS  # committed before the daemon died, though never acknowledged
     assert "MARK phase one" in open(m.image + ".log").read()
+
+
+def test_crash_at_replay_point_is_armed_before_the_replay():
+    """Regression, found by the campaign's replay cases: `-o crash_at=replay.applied:N` was armed after
+    the image was opened, so the daemon never died inside the replay it was asked to crash."""
+    r = crashtest.run_case(Case("appends", 4, "sync", "at:replay.applied:1"))
+    assert "died in replay" in r.note and r.verdict.violations == [], (r.note, r.verdict)
