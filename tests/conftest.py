@@ -97,6 +97,9 @@ class CrashRegion(PmemRegion):
       had when it was last persisted: the worst a power cut can do to a store nobody msync'ed.
     * on_commit_record: called after a journal commit record was stored (the harness uses it to learn
       which model state the journal now holds).
+    * cut_at_fence: raise PowerCut at the n-th ordering point (fence()) from now; `lose` then names the
+      pages whose unpersisted stores are lost (default: all of them, if lose_unpersisted). `fences`
+      records, for every fence passed, which pages held unpersisted stores there.
 
     persist() only records durability (no msync: the image is on tmpfs, and the bookkeeping is the point).
     """
@@ -109,6 +112,9 @@ class CrashRegion(PmemRegion):
         self.cut_at: int | None = None
         self.on_commit_record = None
         self.cut = False
+        self.cut_at_fence: int | None = None
+        self.lose: set[int] | None = None
+        self.fences: list[frozenset[int]] = []
 
     def arm_cut(self, k: int) -> None:
         self.cut_at = self.stores + k
@@ -147,14 +153,22 @@ class CrashRegion(PmemRegion):
         for page in range(start // PAGE, (min(self.size, off + n) - 1) // PAGE + 1):
             self.saved.pop(page, None)
 
+    def fence(self) -> None:
+        self.fences.append(frozenset(self.saved))
+        if self.cut_at_fence is not None and len(self.fences) >= self.cut_at_fence:
+            self.power_off()
+            raise PowerCut(f"at fence {len(self.fences)}")
+
     def power_off(self) -> None:
-        """Lose what was never persisted (if asked to); later stores raise PowerCut."""
+        """Lose what was never persisted (if asked to: all of it, or the pages in `lose`); later stores
+        raise PowerCut."""
         if self.cut:
             return
         self.cut = True
-        self.cut_at = None
+        self.cut_at = self.cut_at_fence = None
         for page, old in self.saved.items():
-            self.mem[page * PAGE:page * PAGE + len(old)] = memoryview(old)
+            if self.lose is None or page in self.lose:
+                self.mem[page * PAGE:page * PAGE + len(old)] = memoryview(old)
         self.saved.clear()
 
     def close(self) -> None:
