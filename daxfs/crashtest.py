@@ -97,7 +97,7 @@ def run_case(case: Case, keep: str | None = None, cmd: str = "", check_cmd: str 
     wd = tempfile.mkdtemp(prefix="daxfs-crashtest-", dir=SCRATCH)
     if opts is None:
         opts = "map_sync" if case.mode == "sync" else ""
-    m = Mount(os.path.join(wd, "img"), os.path.join(wd, "mnt"), opts)
+    m = Mount(os.path.join(wd, "img"), os.path.join(wd, "mnt"), opts, cli=False)
     os.mkdir(m.mnt)
     verdict, note, passes, duration = Verdict(), "", {}, 0.0
     try:
@@ -172,12 +172,14 @@ def _crash_workload(m: Mount, case: Case, ops: list[dict], log: str, wd: str) ->
 def _crash(m: Mount, case: Case, pid: int, proc: subprocess.Popen, point: str) -> tuple[str, dict]:
     """Wait for the crash the case asks for; the daemon is dead or about to be killed afterwards."""
     kind, _, arg = case.crash.partition(":")
+    killed = False
     if kind == "after":
         try:
             proc.wait(float(arg))
         except subprocess.TimeoutExpired:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
+            killed = True
     try:
         proc.wait(WORKER_TIMEOUT)
     except subprocess.TimeoutExpired:
@@ -187,7 +189,7 @@ def _crash(m: Mount, case: Case, pid: int, proc: subprocess.Popen, point: str) -
         if pid_alive(pid):
             return f"{point} not reached: crashed after the last operation", {}
         return f"died at {point}", {}
-    if kind == "after" and not pid_alive(pid):
+    if killed:
         return "killed mid-workload", {}
     return "ran to the end", {}
 

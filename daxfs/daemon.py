@@ -304,7 +304,9 @@ def unmount(mountpoint: str, echo, lazy: bool = False, timeout: float = 60.0) ->
 
         pid = json.loads(os.getxattr(mountpoint, "user.daxfs.stats"))["pid"]
     except OSError as e:
-        if e.errno not in (errno.ENOTCONN, errno.ECONNABORTED):  # both mean: the daemon was killed
+        # ECONNABORTED: the request was queued when the connection died (a killed daemon's last
+        # threads were still exiting); ENOTCONN afterwards.
+        if e.errno not in (errno.ENOTCONN, errno.ECONNABORTED):
             raise DaxfsError(f"{mountpoint}: cannot reach the daemon: {e.strerror}") from None
     if pid is None:
         _fusermount(mountpoint, lazy=True)

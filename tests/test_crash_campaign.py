@@ -140,3 +140,22 @@ def test_crash_at_replay_point_is_armed_before_the_replay():
     the image was opened, so the daemon never died inside the replay it was asked to crash."""
     r = crashtest.run_case(Case("appends", 4, "sync", "at:replay.applied:1"))
     assert "died in replay" in r.note and r.verdict.violations == [], (r.note, r.verdict)
+
+
+def test_umount_of_a_dead_mount_whose_last_request_was_aborted(monkeypatch):
+    """Regression, found by random-delay cases once mounts got faster: a request queued while the killed
+    daemon's last threads were still exiting fails with ECONNABORTED, not ENOTCONN; `daxfs umount`
+    took that for a live daemon it could not reach, and refused to clean the dead mount."""
+    from daxfs import daemon
+
+    calls = []
+    monkeypatch.setattr(daemon, "mount_entry", lambda mnt: {"fstype": "fuse.daxfs", "source": "/img", "options": ""})
+
+    def aborted(*args, **kw):
+        raise OSError(errno.ECONNABORTED, os.strerror(errno.ECONNABORTED))
+
+    monkeypatch.setattr(daemon.os, "getxattr", aborted)
+    monkeypatch.setattr(daemon, "_fusermount", lambda mnt, lazy: calls.append((mnt, lazy)))
+    said = []
+    daemon.unmount("/mnt/x", said.append)
+    assert calls == [("/mnt/x", True)] and "daemon was gone" in said[0]
