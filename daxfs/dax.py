@@ -210,8 +210,8 @@ class Mapping:
         self._state = np.zeros(npages, dtype=np.uint8)
         self._exports: list[weakref.ref] = []  # the buffers under view()s (ctypes arrays: unhashable)
         self._closed = False
-        self._release = weakref.finalize(self, _release, conn, self._id, self._base, npages * PAGE, image_fd,
-                                         self._board, board)
+        self._release = weakref.finalize(self, _release, os.getpid(), conn, self._id, self._base, npages * PAGE,
+                                         image_fd, self._board, board)
 
     # --- access -----------------------------------------------------------------------------------
     def __len__(self) -> int:
@@ -283,6 +283,7 @@ class Mapping:
         if alive:
             raise BufferError(f"{alive} view(s) of the mapping are still alive")
         self._closed = True
+        self._state[:] = _NONE  # every access now goes to _check(), which says the mapping is closed
         self._release()
 
     @property
@@ -367,13 +368,15 @@ class Mapping:
         _sys(res, "mapping pages")
 
 
-def _release(conn: ControlClient, map_id: int, base: int, size: int, image_fd: int, board: memoryview,
+def _release(pid: int, conn: ControlClient, map_id: int, base: int, size: int, image_fd: int, board: memoryview,
              board_map: _mmap.mmap) -> None:
-    """close(), or the garbage collector: tell the daemon (its blocks may be reused), unmap, close."""
-    try:
-        conn.call("dax_unmap", id=map_id)
-    except (ControlError, OSError):
-        pass  # revoked already, or the daemon is gone: nothing holds the blocks any more
+    """close(), or the garbage collector: tell the daemon (its blocks may be reused), unmap, close.
+    A forked child only drops its copies: the mapping is its parent's, and so is the connection."""
+    if os.getpid() == pid:
+        try:
+            conn.call("dax_unmap", id=map_id)
+        except (ControlError, OSError):
+            pass  # revoked already, or the daemon is gone: nothing holds the blocks any more
     conn.close()
     _libc.munmap(base, size)
     os.close(image_fd)
