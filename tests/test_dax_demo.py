@@ -37,7 +37,7 @@ def test_demo_faults_prints_the_six_cases_beside_the_seed_and_what_map_sync_kept
     assert out.count("min=") == 12  # ours and the seed's, six times
     assert "min=40 avg=124 max=242" in out and "64 - 127 us: 333" in out  # the seed's own
     for block in p.stdout.split("MAP_SYNC:")[1:7]:  # our column: 512 faults in its buckets
-        ours = [re.match(r"\s+(\d+) - \d+ us: (\d+)", line) for line in block.splitlines()]
+        ours = [re.match(r"  (\d+) - \d+ us: (\d+)", line) for line in block.splitlines()]  # left column
         assert sum(int(m.group(2)) for m in ours if m) == 512, block
     assert re.search(r"MAP_SYNC minus no MAP_SYNC, per fault \(median\): preallocated [+-]\d+ us \(seed \+0\), "
                      r"empty [+-]\d+ us \(seed \+102\)", out)
