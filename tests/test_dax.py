@@ -11,6 +11,7 @@ import errno
 import json
 import mmap
 import os
+import re
 import subprocess
 import sys
 
@@ -468,3 +469,15 @@ def test_daxfs_stats_shows_fault_counters_and_histograms(daxmount):
         assert title in text
     block = text.split("sync write fault latency:")[1].splitlines()
     assert block[1].strip().startswith("min=") and block[2].strip().split(": ")[1].isdigit()
+
+
+def test_the_example_of_docs_dax_md_runs_as_written(daxmount):
+    m = daxmount()
+    doc = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "docs", "dax.md")
+    with open(doc) as f:
+        code = re.search(r"<!-- example: dax.py -->\s*```python\n(.*?)```", f.read(), re.S).group(1)
+    p = subprocess.run([sys.executable, "-c", code.replace("/mnt/pm", m.mnt)], capture_output=True, text=True,
+                       timeout=60)
+    assert p.returncode == 0, p.stderr
+    data = read_file(j(m.mnt, "log"))
+    assert data[:5] == b"hello" and data[4096:4096 + 8192] == b"\x07" * 8192 and len(data) == 1 << 20
