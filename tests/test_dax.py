@@ -397,10 +397,16 @@ def test_a_process_that_dies_without_closing_loses_its_mappings(daxmount):
     m = daxmount()
     f = j(m.mnt, "f")
     sparse(f, 4 * BS)
-    code = ("import sys, os; from daxfs import dax; m = dax.mmap(sys.argv[1], 4096); m[0] = 7; "
-            "os.kill(os.getpid(), 9)")
-    subprocess.run([sys.executable, "-c", code, f], check=False)
-    assert stats(m)["dax_mappings"] == 1
+    code = ("import sys, time; from daxfs import dax; m = dax.mmap(sys.argv[1], 4096); m[0] = 7; "
+            "print('mapped', flush=True); time.sleep(60)")
+    child = subprocess.Popen([sys.executable, "-c", code, f], stdout=subprocess.PIPE, text=True)
+    try:
+        assert child.stdout.readline() == "mapped\n"
+        assert stats(m)["dax_mappings"] == 1
+    finally:
+        child.kill()  # no close(), no unmap: the daemon must notice by itself
+        child.wait()
+        child.stdout.close()
     assert wait_until(lambda: stats(m)["dax_mappings"] == 0, timeout=10)
     assert read_file(f)[0] == 7
 
