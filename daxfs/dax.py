@@ -31,6 +31,7 @@ Only root and the image's owner may map (faults.py says why); everyone else uses
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import errno
 import json
@@ -114,7 +115,12 @@ def mmap(path: str | os.PathLike, length: int, flags: int = MAP_SHARED, offset: 
     try:
         reply = _ask(conn, "dax_map", OSError, ino=st.st_ino, offset=offset, length=length, write=write,
                      sync=sync)
-        image_fd, board_fd = _receive_fds(reply["fds"], write)
+        try:
+            image_fd, board_fd = _receive_fds(reply["fds"], write)
+        except BaseException:
+            with contextlib.suppress(ControlError, OSError):
+                conn.call("dax_unmap", id=reply["id"])  # or its blocks stay pinned until we exit
+            raise
     except BaseException:
         conn.close()
         raise
