@@ -14,6 +14,7 @@ POINTS: dict[str, str] = {
     "alloc.before_zero": "a block is allocated, its zeroing not yet stored",
     "write.half_copied": "half of a write's data is stored into pmem",
     "write.before_ack": "a write is stored (and committed if it had to be), not yet acknowledged",
+    "fault.before_reply": "a write fault is served (committed if MAP_SYNC needs it), the page not yet writable",
     "commit.ordered_data": "new data blocks of the transaction are persisted, no journal record written",
     "commit.records_written": "journal descriptor and block images are persisted, commit record not written",
     "commit.done": "the commit record is persisted, the caller not yet told",

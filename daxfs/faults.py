@@ -43,6 +43,7 @@ from dataclasses import dataclass
 import pyfuse3
 import trio
 
+from daxfs import crashpoint
 from daxfs.committer import Committer
 from daxfs.control import ControlError, ControlServer, Peer, peer_of
 from daxfs.errors import CorruptImage, FsError
@@ -240,6 +241,8 @@ class FaultService:
         if write:
             _invalidate(c.dm.ino, True)  # st_blocks and mtime changed behind the kernel's back
         self.stats.fault_done(write, waited, time.perf_counter() - t0)
+        if write:
+            crashpoint.hit("fault.before_reply")
         return {"runs": runs}
 
     @_answers

@@ -35,7 +35,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from daxfs.model import DIR, FILE, Model
-from daxfs.workload import DEAD, apply, content
+from daxfs.workload import DATA_OPS, DEAD, apply, content
 
 VIOLATION_KINDS = ("file missing", "size wrong", "acknowledged data missing", "stale bytes",
                    "namespace impossible", "fsck error", "check failed", "case error")
@@ -175,7 +175,7 @@ class Oracle:
             if s.failed:
                 continue
             nid = m.resolve(op["path"])
-            forces = op["op"] == "write" and nid is not None and m.nodes[nid].kind == FILE and \
+            forces = op["op"] in DATA_OPS and nid is not None and m.nodes[nid].kind == FILE and \
                 m.needs_commit(nid, op["off"], op["len"])
             changes_mapping = forces or op["op"] in ("truncate", "prealloc")
             before = len(m.log)
@@ -208,19 +208,23 @@ class Oracle:
             begun = sum(1 for op in ops if self.status(op).begin is not None)
             lo = self.lower_bound(p)
             best: tuple[list[Violation], int, int] | None = None
-            states: list[tuple[int, Model]] = []  # every state the writer may be in, by prefix length
+            # every state the writer may be in: (prefix length, model, acknowledged writes it lost part of)
+            states: list[tuple[int, Model, int]] = []
             m = self._copy(self.base)
             for k in range(0, begun + 1):
                 if k > 0 and not self.status(ops[k - 1]).failed:
-                    if self.status(ops[k - 1]).inflight and k >= lo:
-                        states += [(k, torn) for torn in self._torn(m, ops[k - 1], tree)]
+                    # a write split into several FUSE requests may be committed in part: in flight, or
+                    # in normal mode, where an acknowledged write need not be committed whole
+                    s = self.status(ops[k - 1])
+                    if k >= lo and (s.inflight or not self.sync):
+                        states += [(k, torn, int(s.acked)) for torn in self._torn(m, ops[k - 1], tree)]
                     apply(m, ops[k - 1], self.seed)
                 if k >= lo:
-                    states.append((k, self._copy(m)))
-            for k, cand in reversed(states):  # the longest prefix that fits: the fewest losses to count
+                    states.append((k, self._copy(m), 0))
+            for k, cand, torn in reversed(states):  # the longest prefix that fits: the fewest losses to count
                 problems, lost = self._compare(p, k, cand, tree)
                 if best is None or len(problems) < len(best[0]):
-                    best = (problems, lost, k)
+                    best = (problems, lost + torn, k)
                 if not problems:
                     break
             if best is None:  # the acknowledgements prove more operations than were begun: cannot be
@@ -230,12 +234,13 @@ class Oracle:
             v.violations += problems
             v.lost += lost
             v.prefixes[p] = k
-            v.acked += sum(1 for op in ops if op["op"] == "write" and self.status(op).acked)
+            v.acked += sum(1 for op in ops if op["op"] in DATA_OPS and self.status(op).acked)
         return v
 
     def _torn(self, before: Model, op: dict, tree: dict[str, Entry]) -> list[Model]:
-        """A write in flight that the kernel split into several FUSE requests may have grown the file
-        by its first requests only: the model with that part of it, if the recovered size says so."""
+        """The kernel sends a write that starts mid-page (that page not cached) as several FUSE requests,
+        each its own engine operation; a crash may keep the file grown by the first ones only: the
+        model with that part of the write, if the recovered size says so."""
         nid, e = before.resolve(op["path"]), tree.get(op["path"])
         if op["op"] != "write" or nid is None or e is None or before.nodes[nid].kind != FILE:
             return []
@@ -277,7 +282,7 @@ class Oracle:
             out.append(Violation("namespace impossible", "two different files share an inode"))
         lost = 0
         for op in later:
-            ok = self._visible(op, want, tree) if self.status(op).acked and op["op"] == "write" else True
+            ok = self._visible(op, want, tree) if self.status(op).acked and op["op"] in DATA_OPS else True
             if not ok and self.sync:
                 out.append(Violation("acknowledged data missing",
                                      f"write #{op['i']} of {op['len']} bytes at {op['off']} to {op['path']!r} "

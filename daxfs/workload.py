@@ -6,7 +6,9 @@ the oracle replay it on daxfs.model:
     {"i": 7, "op": "write", "path": "d0/f0", "off": 8192, "len": 4096, "p": 0}
 
 `i` is its index in the workload; a write's bytes are content(seed, i, len), so nobody has to store
-them; `p` is the writer process (workloads with several writers give each its own directory).
+them; `p` is the writer process (workloads with several writers give each its own directory). A "dax"
+operation stores the same bytes through a direct mapping (daxfs.dax) instead of write(2): within
+the file's size, acknowledged once the store is done (its page faults answered).
 
 The worker (`python -m daxfs.workload SPEC`) runs the operations against a mount and appends to the
 oracle log, a file outside the file system, one line before and one after each operation:
@@ -30,6 +32,7 @@ import time
 from daxfs.model import BLOCK, DIR, FILE, Model
 
 DEAD = (errno.ENOTCONN, errno.ECONNABORTED)  # what a mount whose daemon was killed answers
+DATA_OPS = ("write", "dax")  # operations that store bytes into a file
 CORE_OPS = ("creat", "write", "append", "overwrite", "truncate", "link", "unlink", "rename", "mkdir", "rmdir",
             "setxattr", "fsync", "fdatasync")
 PREALLOC_XATTR = "user.daxfs.prealloc"
@@ -85,7 +88,9 @@ def apply(m: Model, op: dict, seed: int) -> int:
         return 0
     if node.kind == DIR:
         return errno.EISDIR
-    if kind == "write":
+    if kind == "dax" and op["off"] + op["len"] > len(node.data):
+        return errno.EINVAL  # a mapping does not grow the file
+    if kind in DATA_OPS:
         m.do_write(nid, op["off"], content(seed, op["i"], op["len"]))
     elif kind == "truncate":
         m.do_truncate(nid, op["size"])
@@ -115,6 +120,8 @@ def execute(root: str, op: dict, seed: int) -> None:
                 data, off = data[n:], off + n
         finally:
             _close(fd)
+    elif kind == "dax":
+        _dax_store(path, op["off"], content(seed, op["i"], op["len"]))
     elif kind == "truncate":
         os.truncate(path, op["size"])
     elif kind == "link":
@@ -139,6 +146,22 @@ def execute(root: str, op: dict, seed: int) -> None:
         raise ValueError(f"unknown operation {kind!r}")
 
 
+def _dax_store(path: str, off: int, data: bytes) -> None:
+    """Store through a mapping of the whole file (MAP_SHARED: the mount's mode decides whether its write
+    faults are synchronous). Done once the store is: a daemon dying under the unmap loses nothing."""
+    from daxfs import dax  # imports numpy: only workloads that map pay for it
+
+    size = os.path.getsize(path)
+    m = dax.mmap(path, -(-size // dax.PAGE) * dax.PAGE, dax.MAP_SHARED)
+    try:
+        m[off:off + len(data)] = data
+    finally:
+        try:
+            m.close()
+        except OSError:  # the daemon died after the store: the next operation will say so
+            pass
+
+
 def _close(fd: int) -> None:
     try:
         os.close(fd)
@@ -156,8 +179,10 @@ def run_writer(root: str, ops: list[dict], seed: int, oracle: str) -> None:
             try:
                 execute(root, op, seed)
             except OSError as e:
-                os.write(fd, b"E %d %d %d\n" % (op["i"], e.errno or 0, time.monotonic_ns()))
-                if e.errno in DEAD:
+                # a control-channel ConnectionError carries no errno: the daemon died as well
+                code = e.errno if e.errno else errno.ENOTCONN if isinstance(e, ConnectionError) else 0
+                os.write(fd, b"E %d %d %d\n" % (op["i"], code, time.monotonic_ns()))
+                if code in DEAD:
                     return
                 continue
             os.write(fd, b"A %d %d\n" % (op["i"], time.monotonic_ns()))
@@ -254,6 +279,11 @@ def _pick(rng: random.Random, b: Builder, scope: str, kind: str, p: int) -> bool
         return b.add("write", f, p, off=off, len=min(size - off, rng.randint(1, 2 * BLOCK)))
     if kind == "prealloc":
         return b.add("prealloc", f, p, off=-(-size // BLOCK) * BLOCK, len=rng.randint(1, 4) * BLOCK)
+    if kind == "dax":  # a store through a direct mapping, within the file
+        if not size:
+            return False
+        off = rng.randrange(size)
+        return b.add("dax", f, p, off=off, len=min(size - off, rng.randint(1, 2 * BLOCK)))
     if kind == "prewrite":  # into preallocated (unwritten) blocks: unwritten -> written
         node = b.model.nodes[b.model.resolve(f)]
         if not node.unwritten:
@@ -289,6 +319,8 @@ WORKLOADS: dict[str, tuple[str, int, int, dict[str, int], str]] = {
                    "append": 2, "fsync": 1}, "file"),
     "writers": ("three writer processes at once, each appending to and overwriting its own files", 3, 20,
                 {"append": 4, "write": 2, "overwrite": 3, "creat": 1, "fdatasync": 1}, "file"),
+    "dax": ("stores through direct mappings (holes, preallocated and stable blocks) beside write()", 1, 30,
+            {"dax": 6, "prealloc": 1, "truncate": 1, "overwrite": 1, "fdatasync": 1}, "sparse"),
     "mixed": ("every operation, at random", 1, 50,
               {"creat": 2, "mkdir": 1, "append": 3, "write": 2, "overwrite": 3, "prealloc": 1, "prewrite": 1,
                "truncate": 1, "rename": 1, "link": 1, "unlink": 1, "rmdir": 1, "setxattr": 1, "fsync": 1,
@@ -311,6 +343,10 @@ def generate(name: str, seed: int) -> tuple[list[dict], list[dict]]:
         if setup == "filled":
             b.add("write", f, off=0, len=16 * BLOCK)
             b.add("prealloc", f, off=16 * BLOCK, len=16 * BLOCK)
+        elif setup == "sparse":  # holes to fault in, a written block, preallocated blocks
+            b.add("truncate", f, size=16 * BLOCK)
+            b.add("write", f, off=0, len=BLOCK)
+            b.add("prealloc", f, off=16 * BLOCK, len=8 * BLOCK)
     b.add("fsync", "")
     n_setup = len(b.ops)
     kinds, w = list(weights), list(weights.values())
