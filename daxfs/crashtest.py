@@ -38,7 +38,6 @@ from daxfs.oracle import Verdict, Violation
 from daxfs.testing import Mount, pid_alive
 
 IMAGE_SIZE = 64 << 20
-JOURNAL_BLOCKS = 64  # small, so that short workloads fill it and checkpoints (and their crash points) happen
 WORKER_TIMEOUT = 120.0
 REPLAY_POINT = "replay.applied"  # passed at the next mount, not while the workload runs
 SCRATCH = "/dev/shm" if os.path.isdir("/dev/shm") else None
@@ -101,7 +100,7 @@ def run_case(case: Case, keep: str | None = None, cmd: str = "", check_cmd: str 
     os.mkdir(m.mnt)
     verdict, note, passes, duration = Verdict(), "", {}, 0.0
     try:
-        mkfs(m.image, IMAGE_SIZE, journal_blocks=JOURNAL_BLOCKS)
+        mkfs(m.image, IMAGE_SIZE)
         m.mount()
         log = os.path.join(wd, "oracle.log")
         if case.workload == "cmd":

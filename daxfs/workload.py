@@ -321,6 +321,8 @@ WORKLOADS: dict[str, tuple[str, int, int, dict[str, int], str]] = {
                 {"append": 4, "write": 2, "overwrite": 3, "creat": 1, "fdatasync": 1}, "file"),
     "dax": ("stores through direct mappings (holes, preallocated and stable blocks) beside write()", 1, 30,
             {"dax": 6, "prealloc": 1, "truncate": 1, "overwrite": 1, "fdatasync": 1}, "sparse"),
+    "fsyncs": ("small appends and xattrs, each fsync'd, as a database's log does: the journal fills and checkpoints",
+               1, 120, {"append": 3, "setxattr": 1, "fsync": 4}, "file"),
     "mixed": ("every operation, at random", 1, 50,
               {"creat": 2, "mkdir": 1, "append": 3, "write": 2, "overwrite": 3, "prealloc": 1, "prewrite": 1,
                "truncate": 1, "rename": 1, "link": 1, "unlink": 1, "rmdir": 1, "setxattr": 1, "fsync": 1,
