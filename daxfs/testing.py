@@ -6,7 +6,7 @@
     m.mount("map_sync")                             # sync mode (MAP_SYNC semantics) for every file
     ... run your code against m.mnt ...
     m.crash()                                       # SIGKILL the daemon at once, clean the dead mount
-    m.remount()  ->  m.mount()                      # replays the journal, as after a real crash
+    m.remount()                                     # mount again: replays the journal, as after a real crash
     m.fsck()                                        # raises CheckFailed unless the image is clean
     m.cleanup()                                     # unmount whatever is left, fsck; never raises
 
@@ -155,7 +155,10 @@ class Mount:
         return p
 
     def remount(self, opts: str | None = None) -> subprocess.CompletedProcess:
-        self.umount()
+        """Unmount (unless a crash() already took the mount down) and mount again: after a crash, the
+        mount replays the journal."""
+        if is_mounted(self.mnt):
+            self.umount()
         return self.mount(opts)
 
     def crash(self, pid: int | None = None) -> subprocess.CompletedProcess:

@@ -130,7 +130,7 @@ def test_daxfs_mount_fixture_steers_the_daemon(daxfs_mount):
         write_file(m / "b", b"b" * BS)  # commit #2: the daemon dies after its commit record, before the reply
     assert e.value.errno in (errno.ENOTCONN, errno.ECONNABORTED)
     m.crash()
-    m.mount()
+    m.remount()
     assert read_file(m / "a") == b"a" * BS
     assert read_file(m / "b") == b"b" * BS  # committed before the daemon died, though never acknowledged
     assert "MARK phase one" in open(m.image + ".log").read()
