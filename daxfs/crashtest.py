@@ -114,7 +114,7 @@ def run_case(case: Case, keep: str | None = None, cmd: str = "", check_cmd: str 
             p = m.mount(",".join(filter(None, [opts, f"crash_at={case.replay_point}"])), check=False)
             note += "; died in replay" if p.returncode else "; replay point not reached"
             if not p.returncode:
-                m.umount()
+                _umount(m)
             verdict.violations += _fsck(m.image, "the image after a crash during replay")
         m.mount(opts)
         if case.workload == "cmd":
@@ -123,7 +123,7 @@ def run_case(case: Case, keep: str | None = None, cmd: str = "", check_cmd: str 
             v = oracle.check(setup, ops, case.seed, case.mode == "sync", log, m.mnt)
             v.violations = verdict.violations + v.violations
             verdict = v
-        m.umount()
+        _umount(m)
         verdict.violations += _fsck(m.image, "the image after replay")
     except Exception as e:  # noqa: BLE001 - a case that cannot run is reported, the campaign goes on
         verdict.violations.append(Violation("case error", f"{type(e).__name__}: {e}"))
@@ -135,6 +135,16 @@ def run_case(case: Case, keep: str | None = None, cmd: str = "", check_cmd: str 
             shutil.copytree(wd, kept, ignore=shutil.ignore_patterns("mnt"), dirs_exist_ok=True)
         shutil.rmtree(wd, ignore_errors=True)
     return Result(case, verdict, time.monotonic() - t0, note, passes, duration, kept)
+
+
+def _umount(m: Mount, tries: int = 20) -> None:
+    """Unmount, retrying while busy: a case that just read files in the mount may overlap another job's
+    fork, whose child holds copies of those descriptors until it execs (close-on-exec or not)."""
+    for _ in range(tries - 1):
+        if m.umount(check=False).returncode == 0:  # daemon.unmount waited for the daemon to exit
+            return
+        time.sleep(0.05)
+    m.umount()
 
 
 def _worker(m: Mount, ops: list[dict], seed: int, log: str, wd: str, name: str) -> subprocess.Popen:
