@@ -102,11 +102,11 @@ def parse_options(texts: list[str]) -> MountOptions:
     return o
 
 
-def lock_image(path: str, exclusive: bool = True) -> int:
-    """An fd holding a flock on the image; DaxfsError if a daemon already has it."""
+def lock_image(path: str) -> int:
+    """An fd holding an exclusive flock on the image; DaxfsError if a daemon already has it."""
     fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
     try:
-        fcntl.flock(fd, (fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH) | fcntl.LOCK_NB)
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
         os.close(fd)
         raise DaxfsError(f"{path} is in use by a mounted daxfs (unmount it first)") from None
@@ -181,7 +181,9 @@ def serve(image: str, mountpoint: str, opts: MountOptions, tell) -> None:
         raise DaxfsError(f"{mountpoint}: not a directory")
     if os.path.ismount(mountpoint):
         raise DaxfsError(f"{mountpoint}: something is already mounted there")
-    lock_fd = lock_image(image, exclusive=not opts.ro)
+    # Exclusive even read-only: the control socket and the direct-access board are per image, so a
+    # second mount would take them over from the first.
+    lock_fd = lock_image(image)
     state_dir = os.path.dirname(control_socket_path(image))
     revoke_stale(state_dir)  # direct mappings a killed predecessor handed out, before any block is reused
     for point, nth in opts.crash_at:  # before the open: replay has crash points too

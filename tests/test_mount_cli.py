@@ -180,6 +180,16 @@ def test_ro_mount_refuses_writes(daxmount):
     assert sorted(os.listdir(m.mnt)) == ["d", "f"]
 
 
+def test_an_image_is_mounted_once_even_read_only(daxmount, tmp_path):
+    """Its control socket and direct-access board are per image: a second mount would take them over."""
+    m = daxmount("ro")
+    other = tmp_path / "second"
+    other.mkdir()
+    p = daxfs("mount", m.image, other, "-o", "ro")
+    assert_one_line_error(p, "in use by a mounted daxfs")
+    assert not is_mounted(other) and m.answers()
+
+
 def test_ro_mount_of_a_dirty_image_is_refused(daxmount):
     m = daxmount("commit=60")
     write_file(j(m.mnt, "f"), b"x", fsync=True)
