@@ -62,24 +62,7 @@ class ControlServer:
         self.handlers[op] = guarded
 
     async def serve(self, task_status=trio.TASK_STATUS_IGNORED) -> None:
-        if os.path.exists(self.path):
-            os.unlink(self.path)  # left by a killed daemon of this image
-        listener = trio.socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        await listener.bind(self.path)
-        os.chmod(self.path, 0o666)  # anyone may connect; each op checks its caller
-        listener.listen(16)
-        task_status.started()
-        try:
-            async with trio.open_nursery() as nursery:
-                while True:
-                    conn, _ = await listener.accept()
-                    nursery.start_soon(self._client, conn)
-        finally:
-            listener.close()
-            try:
-                os.unlink(self.path)
-            except FileNotFoundError:
-                pass
+        await serve_unix(self.path, self._client, task_status)
 
     async def _client(self, conn) -> None:
         with conn:
@@ -114,6 +97,29 @@ class ControlServer:
             return {"ok": False, "error": str(e)}
         except (ValueError, KeyError, TypeError) as e:
             return {"ok": False, "error": f"bad request: {e}"}
+
+
+async def serve_unix(path: str, client: Callable, task_status=trio.TASK_STATUS_IGNORED) -> None:
+    """Listen on a Unix socket at path and run client(conn) for each connection, until cancelled.
+    Anyone may connect (mode 0666): whoever serves a request checks its caller (peer_of)."""
+    if os.path.exists(path):
+        os.unlink(path)  # left by a killed daemon of this image
+    listener = trio.socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    await listener.bind(path)
+    os.chmod(path, 0o666)
+    listener.listen(16)
+    task_status.started()
+    try:
+        async with trio.open_nursery() as nursery:
+            while True:
+                conn, _ = await listener.accept()
+                nursery.start_soon(client, conn)
+    finally:
+        listener.close()
+        try:
+            os.unlink(path)
+        except FileNotFoundError:
+            pass
 
 
 async def _send(stream, obj: dict) -> None:

@@ -45,7 +45,7 @@ import trio
 
 from daxfs import crashpoint
 from daxfs.committer import Committer
-from daxfs.control import ControlError, ControlServer, Peer, peer_of
+from daxfs.control import ControlError, ControlServer, Peer, peer_of, serve_unix
 from daxfs.errors import CorruptImage, FsError
 from daxfs.format import BLOCK_SIZE as BS
 from daxfs.format import FLAG_MAP_SYNC
@@ -278,20 +278,7 @@ class FaultService:
                 self._drop(c)
 
     async def _serve_fds(self, task_status=trio.TASK_STATUS_IGNORED) -> None:
-        if os.path.exists(self.fd_path):
-            os.unlink(self.fd_path)
-        listener = trio.socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        await listener.bind(self.fd_path)
-        os.chmod(self.fd_path, 0o666)  # anyone may ask; _refusal decides
-        listener.listen(16)
-        task_status.started()
-        try:
-            async with trio.open_nursery() as nursery:
-                while True:
-                    conn, _ = await listener.accept()
-                    nursery.start_soon(self._hand_fds, conn)
-        finally:
-            listener.close()
+        await serve_unix(self.fd_path, self._hand_fds, task_status)  # anyone may ask; _refusal decides
 
     async def _hand_fds(self, conn) -> None:
         """One request ({"write": bool}), one answer: the image and board descriptors, or a refusal."""

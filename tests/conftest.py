@@ -15,6 +15,7 @@ import pytest
 from daxfs import crashpoint
 from daxfs import format as fmt
 from daxfs.crashpoint import PowerCut
+from daxfs.errors import FsError
 from daxfs.fs import FileSystem, mkfs
 from daxfs.pmem import PAGE, PmemRegion
 
@@ -80,6 +81,13 @@ def reopen(path: str) -> FileSystem:
 def power_cut(_name: str = "") -> None:
     """Crash point action of the unit tests."""
     raise PowerCut(_name)
+
+
+def err(fn, *args, **kw) -> int:
+    """The errno of the FsError fn raises (it must raise one)."""
+    with pytest.raises(FsError) as e:
+        fn(*args, **kw)
+    return e.value.errno
 
 
 def mkfile(f: FileSystem, name: bytes, data: bytes = b"", parent: int = fmt.ROOT_INO, mode: int = 0o644) -> int:

@@ -12,20 +12,13 @@ import pytest
 
 from daxfs import format as fmt
 from daxfs import fs as fs_module
-from daxfs.errors import FsError
 from daxfs.fsck import check
 from daxfs.fs import SLACK, FileSystem
 
-from conftest import crash, mkfile, reopen
+from conftest import crash, err, mkfile, reopen
 
 BS = fmt.BLOCK_SIZE
 ROOT = fmt.ROOT_INO
-
-
-def err(fn, *args, **kw) -> int:
-    with pytest.raises(FsError) as e:
-        fn(*args, **kw)
-    return e.value.errno
 
 
 def sized(f: FileSystem, name: bytes, size: int) -> int:

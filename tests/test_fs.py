@@ -12,16 +12,10 @@ from daxfs.errors import DaxfsError, FsError
 from daxfs import fs as fs_module
 from daxfs.fs import (MAP_SYNC_XATTR, RENAME_EXCHANGE, RENAME_NOREPLACE, SLACK, XATTR_CREATE, XATTR_REPLACE, FileSystem)
 
-from conftest import CrashRegion, crash, mkfile, reopen
+from conftest import CrashRegion, crash, err, mkfile, reopen
 
 BS = fmt.BLOCK_SIZE
 ROOT = fmt.ROOT_INO
-
-
-def err(fn, *args, **kw) -> int:
-    with pytest.raises(FsError) as e:
-        fn(*args, **kw)
-    return e.value.errno
 
 
 def mkdir(f, parent, name) -> int:
