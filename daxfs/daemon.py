@@ -316,11 +316,8 @@ def unmount(mountpoint: str, echo, lazy: bool = False, timeout: float = 60.0) ->
              f"The next mount of {entry['source']} replays its journal.")
         return
     _fusermount(mountpoint, lazy=lazy)
-    deadline = time.monotonic() + timeout
-    while _alive(pid):
-        if time.monotonic() > deadline:
-            raise DaxfsError(f"{mountpoint}: unmounted, but daemon {pid} has not exited after {timeout:.0f} s")
-        time.sleep(0.02)
+    if not wait_exit(pid, timeout):
+        raise DaxfsError(f"{mountpoint}: unmounted, but daemon {pid} has not exited after {timeout:.0f} s")
     echo(f"unmounted {mountpoint}; {entry['source']} is clean")
 
 
@@ -334,9 +331,23 @@ def _fusermount(mountpoint: str, lazy: bool) -> None:
         raise DaxfsError(msg)
 
 
-def _alive(pid: int) -> bool:
+def process_alive(pid: int) -> bool:
+    """True while the process exists and is not a zombie (a killed daemon may stay unreaped), or while
+    any of its threads is still exiting: only then are its files, its FUSE connection among them, closed."""
     try:
         with open(f"/proc/{pid}/stat") as f:
-            return f.read().split(") ")[-1][:1] != "Z"
-    except FileNotFoundError:
+            if f.read().rsplit(") ", 1)[-1][:1] != "Z":
+                return True
+        return len(os.listdir(f"/proc/{pid}/task")) > 1
+    except (FileNotFoundError, ProcessLookupError):  # ESRCH: it vanished while we read
         return False
+
+
+def wait_exit(pid: int, timeout: float) -> bool:
+    """Wait until process_alive(pid) is false; False if it still is after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while process_alive(pid):
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.005)
+    return True

@@ -76,7 +76,7 @@ def run_mode(name: str, options: str, workdir: str, quiet) -> ModeResult:
         st = _stats(mnt)
         res.commits, res.sync_faults = st["commits"], st["sync_faults"]
         os.kill(st["pid"], signal.SIGKILL)  # the moment the last write returned
-        _wait_dead(st["pid"])
+        daemon.wait_exit(st["pid"], 5)
         for fd in (new, synced):
             try:
                 os.close(fd)
@@ -104,13 +104,6 @@ def _count(path: str, tag: str, n: int) -> int:
     except FileNotFoundError:
         return 0
     return sum(data[i * BLOCK:(i + 1) * BLOCK] == pattern(tag, i) for i in range(n))
-
-
-def _wait_dead(pid: int) -> None:
-    for _ in range(500):
-        if not daemon._alive(pid):
-            return
-        time.sleep(0.01)
 
 
 def main(console: Console | None = None) -> None:

@@ -142,7 +142,7 @@ def crash_contrast(image: str, mnt: str, quiet) -> tuple[int, int]:
         for p in range(KEEP_PAGES):
             m[p * PAGE:(p + 1) * PAGE] = data[p]
     os.kill(pid, signal.SIGKILL)
-    wait_dead(pid)
+    daemon.wait_exit(pid, 5)
     for m in maps:
         m.close()
     daemon.unmount(mnt, quiet, lazy=True)
@@ -159,13 +159,6 @@ def daemon_pid(mnt: str) -> int:
     import json
 
     return json.loads(os.getxattr(mnt, "user.daxfs.stats"))["pid"]
-
-
-def wait_dead(pid: int) -> None:
-    for _ in range(1000):
-        if not daemon._alive(pid):
-            return
-        time.sleep(0.005)
 
 
 def mount(image: str, mnt: str, options: str, quiet) -> None:

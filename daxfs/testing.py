@@ -27,10 +27,9 @@ import os
 import signal
 import subprocess
 import sys
-import time
 
 from daxfs.control import ControlClient
-from daxfs.daemon import mount_entry
+from daxfs.daemon import mount_entry, process_alive, wait_exit
 
 STATS_XATTR = "user.daxfs.stats"
 DAXFS = [sys.executable, "-m", "daxfs.cli"]
@@ -54,24 +53,12 @@ def is_mounted(path) -> bool:
     return mount_entry(os.fspath(path)) is not None
 
 
-def pid_alive(pid: int) -> bool:
-    """True while the process exists and is not a zombie (a killed daemon may stay unreaped), or while
-    any of its threads is still exiting: only then are its files, the FUSE connection among them, closed."""
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            if f.read().rsplit(") ", 1)[-1][:1] != "Z":
-                return True
-        return len(os.listdir(f"/proc/{pid}/task")) > 1
-    except (FileNotFoundError, ProcessLookupError):
-        return False
+pid_alive = process_alive
 
 
 def wait_dead(pid: int, timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while pid_alive(pid):
-        if time.monotonic() > deadline:
-            raise CheckFailed(f"process {pid} still alive after {timeout} s")
-        time.sleep(0.005)
+    if not wait_exit(pid, timeout):
+        raise CheckFailed(f"process {pid} still alive after {timeout} s")
 
 
 class Mount:
