@@ -28,8 +28,10 @@ import signal
 import subprocess
 import sys
 
+from daxfs import daemon
 from daxfs.control import ControlClient
 from daxfs.daemon import mount_entry, process_alive, wait_exit
+from daxfs.errors import DaxfsError
 
 STATS_XATTR = "user.daxfs.stats"
 DAXFS = [sys.executable, "-m", "daxfs.cli"]
@@ -79,9 +81,6 @@ class Mount:
         """`daxfs mount|umount ARGS`, through the command or in-process: the same outcome and output."""
         if self.cli:
             return run(*args, timeout=timeout)
-        from daxfs import daemon
-        from daxfs.errors import DaxfsError
-
         out: list[str] = []
         err: list[str] = []
         try:
