@@ -28,8 +28,10 @@ import time
 import numpy as np
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
-from daxfs import daemon, dax  # noqa: E402
-from daxfs.fs import mkfs  # noqa: E402
+from daxfs import dax  # noqa: E402
+from daxfs.daemon import mount as daemon  # noqa: E402
+from daxfs.daemon.options import parse_options  # noqa: E402
+from daxfs.engine.mkfs import mkfs  # noqa: E402
 
 PAGE = dax.PAGE
 MiB = 1 << 20
@@ -174,7 +176,7 @@ def main() -> None:
         image, mnt = os.path.join(wd, "pm.img"), os.path.join(wd, "mnt")
         os.mkdir(mnt)
         mkfs(image, max(1 << 30, 8 * size))
-        if daemon.start_background(image, mnt, daemon.parse_options(["commit=5", f"log={image}.log"]), quiet):
+        if daemon.start_background(image, mnt, parse_options(["commit=5", f"log={image}.log"]), quiet):
             sys.exit("mount failed")
         try:
             bw = bandwidth(mnt, image, size, a.rounds)

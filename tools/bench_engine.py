@@ -43,8 +43,10 @@ from rich.table import Table
 REPO = os.path.abspath(os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 sys.path.insert(0, REPO)
 
-from daxfs.errors import FsError  # noqa: E402
-from daxfs.fs import FileSystem, mkfs  # noqa: E402
+from daxfs.engine.errors import FsError  # noqa: E402
+from daxfs.engine.fs import FileSystem  # noqa: E402
+from daxfs.engine.mkfs import mkfs  # noqa: E402
+from daxfs.cli.sizes import SizeType  # noqa: E402
 
 PREFIX = "daxfs-bench-engine"
 KiB, MiB, GiB = 1 << 10, 1 << 20, 1 << 30
@@ -180,24 +182,6 @@ def size_text(n: int) -> str:
         if n >= v and n % v == 0:
             return f"{n // v}{unit}"
     return str(n)
-
-
-def parse_size(text: str) -> int:
-    t = text.strip().upper().removesuffix("IB").removesuffix("B")
-    mult = {"K": KiB, "M": MiB, "G": GiB, "T": 1 << 40}.get(t[-1:], 1)
-    return int(t[:-1] if t[-1:] in "KMGT" else t) * mult
-
-
-class Size(click.ParamType):
-    name = "size"
-
-    def convert(self, value, param, ctx):
-        if isinstance(value, int):
-            return value
-        try:
-            return parse_size(value)
-        except (ValueError, IndexError):
-            self.fail(f"{value!r} is not a size (1G, 64G, 256M)", param, ctx)
 
 
 IMAGE_DIR = "/dev/shm"
@@ -597,8 +581,8 @@ def main(ctx: click.Context, directory: str) -> None:
 
 
 @main.command()
-@click.option("--small-size", type=Size(), default="1G", show_default=True)
-@click.option("--large-size", type=Size(), default="64G", show_default=True)
+@click.option("--small-size", type=SizeType(), default="1G", show_default=True)
+@click.option("--large-size", type=SizeType(), default="64G", show_default=True)
 @click.option("--reps", default=1000, show_default=True, help="samples per configuration")
 @click.option("--rounds", default=5, show_default=True, help="interleaved rounds the samples are split into")
 @click.pass_obj
@@ -610,7 +594,7 @@ def commit(directory: str, small_size: int, large_size: int, reps: int, rounds: 
 
 
 @main.command()
-@click.option("--size", type=Size(), default="64G", show_default=True)
+@click.option("--size", type=SizeType(), default="64G", show_default=True)
 @click.option("--files", default=100_000, show_default=True)
 @click.option("--dirs", default=100, show_default=True)
 @click.option("--batch", default=1000, show_default=True, help="files per commit")
@@ -629,7 +613,7 @@ def replay(directory: str, size: int, files: int, dirs: int, batch: int, file_by
 
 
 @main.command()
-@click.option("--size", type=Size(), default="1G", show_default=True)
+@click.option("--size", type=SizeType(), default="1G", show_default=True)
 @click.option("--fill", default=0.98, show_default=True, help="fraction of data blocks to fill")
 @click.option("--small-files", default=1000, show_default=True)
 @click.option("--repeats", type=click.IntRange(1), default=3, show_default=True)

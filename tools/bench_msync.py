@@ -41,8 +41,9 @@ from rich.table import Table
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
-from daxfs.fs import FileSystem, mkfs  # noqa: E402
-from daxfs.pmem import PmemRegion  # noqa: E402
+from daxfs.engine.fs import FileSystem  # noqa: E402
+from daxfs.engine.mkfs import mkfs  # noqa: E402
+from daxfs.engine.pmem import PmemRegion  # noqa: E402
 
 PREFIX = "daxfs-bench-msync"
 KiB, MiB = 1 << 10, 1 << 20

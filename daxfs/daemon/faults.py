@@ -1,0 +1,304 @@
+"""The fault service: the daemon's side of direct access (daxfs.dax is the client's).
+
+A client maps a file range straight from the pmem image and asks here, over the control socket
+(control.py: JSON lines, the caller's uid/gid/pid from SO_PEERCRED), for each page's block the first
+time it touches the page:
+
+  dax_map    {ino, offset, length, write, sync} -> {id, slot, epoch, sync, fds, size}
+             checks the caller (below) and the file's owner and mode; registers the mapping.
+  dax_fault  {id, page, count, write} -> {runs: [[file page, pages, pmem block or null], ...]}
+             null is the zero page (a hole or an unwritten block, read). A write fault of a MAP_SYNC
+             mapping whose blocks are unstable commits first and answers after: the seed's
+             VM_FAULT_NEEDDSYNC, flush the metadata, then make the page writable.
+  dax_sync   {id} -> {epoch, revoked, stale: [pages]}  what changed since the client looked
+  dax_unmap  {id} -> {}
+Refusals are {"ok": false, "error": "EACCES: ..."}: an errno name, then what happened.
+
+The image itself reaches the client through a second socket (`fds` in the reply): one request,
+answered with two file descriptors (SCM_RIGHTS), the image (read-only unless a writable mapping was
+asked for) and the board. Only root and the image's owner get them, whatever the file's mode says:
+the image holds every file's data, and a process holding its descriptor can read or write any
+block of it. A third user must go through read() and write() (docs/dax.md).
+
+The board is a small shared file of 64-bit words, one slot per mapping, which the client reads
+before every access (no system call): its mapping's epoch. The daemon bumps it when pages the
+client holds as the zero page got a block, and sets it to 0 when the mapping is revoked (truncate,
+hole punch or the last unlink of its range), when the daemon unmounts, and, after a crash, when the
+next daemon starts (revoke_stale): a mapping never outlives the daemon that handed out its blocks.
+"""
+
+from __future__ import annotations
+
+import array
+import functools
+import logging
+import mmap
+import os
+import socket
+import time
+from dataclasses import dataclass
+
+import pyfuse3
+import trio
+
+from daxfs.engine import crashpoint
+from daxfs.daemon.control import ControlServer, Peer, peer_of, serve_unix
+from daxfs.daemon.proc import groups, start_time
+from daxfs.daemon.stats import DaemonStats
+from daxfs.daemon.syncrule import SyncRule
+from daxfs.dax.protocol import ControlError, ProtocolError, decode, encode, refusal
+from daxfs.engine.errors import CorruptImage, FsError
+from daxfs.engine.format import BLOCK_SIZE as BS
+from daxfs.engine.fs import FileSystem
+from daxfs.engine.mappings import DaxMapping
+from daxfs.engine.inode import Inode
+
+log = logging.getLogger("daxfs")
+
+BOARD = "board"
+FD_SOCKET = "dax"
+SLOTS = 4096  # live mappings per mount (slot 0 is never used)
+REAP_INTERVAL = 2.0  # seconds between looks for mappings of processes that died
+
+
+def revoke_stale(state_dir: str) -> None:
+    """Revoke every mapping a killed predecessor handed out (it could not say so itself): zero its
+    board, which those clients still read, then remove it. Call before the file system opens."""
+    path = os.path.join(state_dir, BOARD)
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return
+    try:
+        os.pwrite(fd, bytes(os.fstat(fd).st_size), 0)
+    finally:
+        os.close(fd)
+    os.unlink(path)
+
+
+class Board:
+    """The shared slots: word i is mapping i's epoch, 0 when revoked or free."""
+
+    def __init__(self, path: str) -> None:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+        try:
+            os.ftruncate(fd, SLOTS * 8)
+            self._mm = mmap.mmap(fd, SLOTS * 8)
+        finally:
+            os.close(fd)
+        self.words = memoryview(self._mm).cast("Q")
+        self.ro_fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)  # what clients are given
+        self.free = list(range(SLOTS - 1, 0, -1))
+
+    def take(self, epoch: int) -> int:
+        if not self.free:
+            raise ControlError(f"ENOMEM: {SLOTS - 1} mappings are live on this mount already")
+        slot = self.free.pop()
+        self.words[slot] = epoch
+        return slot
+
+    def give_back(self, slot: int) -> None:
+        self.words[slot] = 0
+        self.free.append(slot)
+
+    def close(self) -> None:
+        """Revoke every mapping: the daemon is going away."""
+        self.words.release()
+        self._mm[:] = bytes(SLOTS * 8)
+        self._mm.close()
+        os.close(self.ro_fd)
+
+
+@dataclass(eq=False)
+class Client:
+    """A mapping as the service knows it: whose it is, and what its slot on the board says."""
+    dm: DaxMapping
+    pid: int
+    started: str  # the process's start time: a reused pid is not the same process
+    sync: bool
+    slot: int
+    epoch: int
+
+
+def _answers(fn):
+    """Engine errors become refusals ("ENAME: what"); nothing else may escape into the server."""
+    @functools.wraps(fn)
+    async def wrapper(self, peer: Peer, req: dict) -> dict:
+        try:
+            return await fn(self, peer, req)
+        except FsError as e:
+            raise refusal(e.errno, str(e)) from None
+        except CorruptImage as e:
+            log.error("corruption found during %s: %s", fn.__name__, e)
+            raise ControlError(f"EIO: {e}") from None
+    return wrapper
+
+
+class FaultService:
+    def __init__(self, fs: FileSystem, rule: SyncRule, stats: DaemonStats, state_dir: str, image: str,
+                 allow_other: bool) -> None:
+        self.fs = fs
+        self.rule = rule
+        self.stats = stats
+        self.allow_other = allow_other
+        self.mounter = os.getuid()
+        self.image_owner = os.stat(image).st_uid
+        self.image_ro = os.open(image, os.O_RDONLY | os.O_CLOEXEC)
+        self.image_rw = None if fs.readonly else os.open(image, os.O_RDWR | os.O_CLOEXEC)
+        self.board = Board(os.path.join(state_dir, BOARD))
+        self.fd_path = os.path.join(state_dir, FD_SOCKET)
+        self.clients: dict[int, Client] = {}  # by mapping id
+        self.epoch = 1
+        fs.dax_notify = self._changed
+
+    def register(self, control: ControlServer) -> None:
+        control.register("dax_map", self._map)
+        control.register("dax_fault", self._fault)
+        control.register("dax_sync", self._sync)
+        control.register("dax_unmap", self._unmap)
+
+    async def run(self, task_status=trio.TASK_STATUS_IGNORED) -> None:
+        """Hand out image descriptors, and drop the mappings of processes that died without unmapping."""
+        async with trio.open_nursery() as nursery:
+            await nursery.start(self._serve_fds)
+            task_status.started()
+            while True:
+                await trio.sleep(REAP_INTERVAL)
+                self._reap()
+
+    def close(self) -> None:
+        self.board.close()
+        for fd in (self.image_ro, self.image_rw):
+            if fd is not None:
+                os.close(fd)
+
+    # --- who may ----------------------------------------------------------------------------------
+    def _refusal(self, peer: Peer) -> str | None:
+        if not self.allow_other and peer.uid != self.mounter:
+            return f"EACCES: mounted without allow_other: only uid {self.mounter} may use this mount"
+        if peer.uid not in (0, self.image_owner):
+            return (f"EACCES: direct access is for root and the image's owner (uid {self.image_owner}): a "
+                    "mapping hands out the image itself, which holds every file's data; use read() and write()")
+        return None
+
+    @staticmethod
+    def _may(peer: Peer, inode: Inode, write: bool) -> bool:
+        """open(2)'s check of the file's mode: owner, then group (with supplementary groups), then others."""
+        if peer.uid == 0:
+            return True
+        if peer.uid == inode.uid:
+            bits = inode.mode >> 6
+        elif inode.gid == peer.gid or inode.gid in groups(peer.pid):
+            bits = inode.mode >> 3
+        else:
+            bits = inode.mode
+        need = 0o6 if write else 0o4
+        return bits & need == need
+
+    def _own(self, peer: Peer, req: dict) -> Client:
+        c = self.clients.get(int(req["id"]))
+        if c is None or c.pid != peer.pid:
+            raise ControlError("EBADF: no such mapping in this process (unmapped, or the daemon restarted)")
+        return c
+
+    # --- the ops ----------------------------------------------------------------------------------
+    @_answers
+    async def _map(self, peer: Peer, req: dict) -> dict:
+        self._reap()
+        refusal = self._refusal(peer)
+        if refusal:
+            raise ControlError(refusal)
+        ino, off, length = int(req["ino"]), int(req["offset"]), int(req["length"])
+        write = bool(req.get("write"))
+        if off < 0 or off % BS or length <= 0:
+            raise ControlError("EINVAL: the offset must be a multiple of the page size, the length positive")
+        inode = self.fs.inode(ino)
+        if not self._may(peer, inode, write):
+            raise ControlError(f"EACCES: uid {peer.uid} may not {'write' if write else 'read'} inode {ino}")
+        dm = self.fs.dax_map(ino, off // BS, -(-length // BS), write)
+        sync = self.rule.is_sync(ino, bool(req.get("sync")))
+        self.epoch += 1
+        c = Client(dm, peer.pid, start_time(peer.pid), sync, self.board.take(self.epoch), self.epoch)
+        self.clients[dm.id] = c
+        self.stats.dax_maps += 1
+        # Pages read before through handles opened before now must not be served from the page cache
+        # any more; handles opened from now on bypass it (fuseops._open_handle). In a thread: the
+        # kernel waits for pages under read, and those reads need this loop.
+        await trio.to_thread.run_sync(_invalidate, ino, False)
+        return {"id": dm.id, "slot": c.slot, "epoch": c.epoch, "sync": sync, "fds": self.fd_path,
+                "size": inode.size}
+
+    @_answers
+    async def _fault(self, peer: Peer, req: dict) -> dict:
+        t0 = time.perf_counter()
+        c = self._own(peer, req)
+        write = bool(req.get("write"))
+        runs, tid = self.fs.dax_fault(c.dm, int(req["page"]), int(req["count"]), write)
+        # VM_FAULT_NEEDDSYNC: a sync mapping's block mapping is committed before the page is writable
+        waited = write and c.sync and await self.rule.commit_before_ack(tid)
+        if write:
+            _invalidate(c.dm.ino, True)  # st_blocks and mtime changed behind the kernel's back
+        self.stats.fault_done(write, waited, time.perf_counter() - t0)
+        if write:
+            crashpoint.hit("fault.before_reply")
+        return {"runs": runs}
+
+    @_answers
+    async def _sync(self, peer: Peer, req: dict) -> dict:
+        c = self._own(peer, req)
+        return {"epoch": c.epoch, "revoked": c.dm.revoked, "stale": self.fs.dax_take_stale(c.dm)}
+
+    @_answers
+    async def _unmap(self, peer: Peer, req: dict) -> dict:
+        self._drop(self._own(peer, req))
+        return {}
+
+    # --- bookkeeping ------------------------------------------------------------------------------
+    def _changed(self, dm: DaxMapping) -> None:
+        """The engine revoked dm or made some of its pages stale: tell the client through its slot."""
+        c = self.clients.get(dm.id)
+        if c is None:
+            return
+        if not dm.revoked:
+            self.epoch += 1
+            c.epoch = self.epoch
+        self.board.words[c.slot] = 0 if dm.revoked else c.epoch
+
+    def _drop(self, c: Client) -> None:
+        self.fs.dax_unmap(c.dm)
+        self.board.give_back(c.slot)
+        del self.clients[c.dm.id]
+
+    def _reap(self) -> None:
+        for c in list(self.clients.values()):
+            if start_time(c.pid) != c.started:
+                log.info("process %d died with mapping %d of inode %d: unmapped", c.pid, c.dm.id, c.dm.ino)
+                self._drop(c)
+
+    async def _serve_fds(self, task_status=trio.TASK_STATUS_IGNORED) -> None:
+        await serve_unix(self.fd_path, self._hand_fds, task_status)  # anyone may ask; _refusal decides
+
+    async def _hand_fds(self, conn) -> None:
+        """One request ({"write": bool}), one answer: the image and board descriptors, or a refusal."""
+        with conn:
+            peer = peer_of(conn)
+            try:
+                write = bool(decode(await conn.recv(4096)).get("write"))
+                error = self._refusal(peer)
+                if error is None and write and self.image_rw is None:
+                    error = "EROFS: the mount is read-only"
+                if error is not None:
+                    await conn.send(encode({"ok": False, "error": error}))
+                    return
+                fds = array.array("i", [self.image_rw if write else self.image_ro, self.board.ro_fd])
+                await conn.sendmsg([encode({"ok": True})], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, fds.tobytes())])
+            except (ProtocolError, OSError):
+                return  # no request, or the peer went away: nothing to answer
+
+
+def _invalidate(ino: int, attr_only: bool) -> None:
+    try:
+        pyfuse3.invalidate_inode(ino, attr_only=attr_only)
+    except OSError:
+        pass  # the kernel does not know the inode (no cache to drop)
+

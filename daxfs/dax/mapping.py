@@ -1,0 +1,384 @@
+"""The direct-access client: map files of a daxfs mount straight from pmem, as DAX with MAP_SYNC
+does on real pmem.
+
+    from daxfs import dax
+
+    m = dax.mmap("/mnt/pm/log", 1 << 20, dax.MAP_SHARED_VALIDATE | dax.MAP_SYNC)
+    m[0:5] = b"hello"            # first store to a page: a write fault (the daemon allocates, commits)
+    m.persist(0, 5)              # the user-space flush (pmem_persist): now it survives a power cut
+    a = m.view(4096, 8192, write=True)   # a numpy view: plain memory stores, no daxfs code at all
+    a[:] = 7
+    del a
+    m.close()
+
+The mapping is a window of the caller's address space whose pages are the image's own pages (mmap of
+the image at the block's offset, MAP_FIXED into a reserved range): loads and stores never pass through
+FUSE. Page faults are explicit, since Python cannot catch SIGSEGV: every access through the mapping's
+methods first looks at the page's state here, and a page not yet there is faulted in by asking the
+daemon (faults.py) for its block. The first read of a page maps it (a hole or unwritten block reads
+as the zero page, nothing is allocated); the first write asks for the page writable: the daemon
+allocates or converts the block, and for a MAP_SYNC mapping commits the journal before it answers.
+Stores to pages already writable never talk to the daemon.
+
+Before each access the mapping reads one shared word (its slot on the daemon's board): when the
+daemon revokes the mapping (truncate, hole punch or unlink of its range, unmount, daemon restart)
+the access raises BusError, the SIGBUS of this world; when a page held as the zero page got a block
+through another path, the page is faulted again. numpy views from view() are raw memory: they see
+no revocation (their blocks stay pinned, so stores there harm no other file) and close() refuses
+to run while one is alive. Not thread-safe: give each thread its own mapping.
+
+Only root and the image's owner may map (faults.py says why); everyone else uses read() and write().
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import errno
+import mmap as _mmap
+import os
+import socket
+import stat
+import weakref
+
+import numpy as np
+
+from daxfs.dax.protocol import CONTROL_XATTR, ControlClient, ControlError, decode, encode, errno_of
+from daxfs.engine.runs import true_runs
+
+PAGE = _mmap.PAGESIZE
+PROT_READ = _mmap.PROT_READ
+PROT_WRITE = _mmap.PROT_WRITE
+
+# mmap(2) flags, with the kernel's values (asm-generic/mman*.h, x86-64)
+MAP_SHARED = 0x01
+MAP_SHARED_VALIDATE = 0x03  # MAP_SHARED that refuses the flags it does not know (EOPNOTSUPP)
+MAP_POPULATE = 0x8000  # read-fault every page at mmap time, as Linux does for shared mappings
+MAP_SYNC = 0x80000  # synchronous page faults: a page is writable only once its mapping is committed
+_MAP_PRIVATE = 0x02
+_MAP_TYPE = 0x0F
+_MAP_FIXED = 0x10
+_MAP_ANONYMOUS = 0x20
+_MAP_GROWSDOWN = 0x100
+_MAP_NORESERVE = 0x4000
+_MAP_HUGETLB = 0x40000
+# Linux's LEGACY_MAP_MASK (include/linux/mman.h, 6.x, x86-64): what MAP_SHARED keeps and
+# MAP_SHARED_VALIDATE accepts without asking the file system; checked bit by bit against this kernel.
+LEGACY_MAP_MASK = (MAP_SHARED | _MAP_PRIVATE | _MAP_FIXED | _MAP_ANONYMOUS | 0x40 | 0x80 | _MAP_GROWSDOWN
+                   | 0x800 | 0x1000 | 0x2000 | _MAP_NORESERVE | MAP_POPULATE | 0x10000 | 0x20000
+                   | _MAP_HUGETLB | 0x7C000000)
+# Legacy flags that would place or back the mapping some other way: daxfs.dax does that itself.
+_REFUSED = _MAP_FIXED | _MAP_ANONYMOUS | _MAP_GROWSDOWN | _MAP_HUGETLB
+_MS_SYNC = 4
+
+_libc = ctypes.CDLL(None, use_errno=True)
+_libc.mmap.restype = ctypes.c_void_p
+_libc.mmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_long]
+_libc.munmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t]
+_libc.msync.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
+_MAP_FAILED = ctypes.c_void_p(-1).value
+
+_NONE, _READ, _WRITE = 0, 1, 2  # a page's state in this process
+
+
+class BusError(OSError):
+    """An access the file system cannot back any more (SIGBUS on Linux): the mapping was revoked, the
+    page is beyond the end of the file, no space for a new block, or the daemon is gone."""
+
+
+def mmap(path: str | os.PathLike, length: int, flags: int = MAP_SHARED, offset: int = 0,
+         prot: int = PROT_READ | PROT_WRITE) -> "Mapping":
+    """Map [offset, offset+length) of a file on a daxfs mount. Errors are those of mmap(2): EINVAL
+    (length, offset, flags), EOPNOTSUPP (unknown flags with MAP_SHARED_VALIDATE), EACCES (the file's
+    mode, or not root nor the image's owner), ENODEV (not a regular file of a daxfs mount)."""
+    flags = _check_flags(flags)
+    if length <= 0 or offset < 0 or offset % PAGE:
+        raise OSError(errno.EINVAL, "the length must be positive and the offset a multiple of the page size")
+    if prot & ~(PROT_READ | PROT_WRITE):
+        raise OSError(errno.EINVAL, "prot: PROT_READ and PROT_WRITE only")
+    write = bool(prot & PROT_WRITE)
+    sync = bool(flags & MAP_SYNC)
+    fd = os.open(path, (os.O_RDWR if write else os.O_RDONLY) | os.O_CLOEXEC)  # the kernel checks access
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise OSError(errno.ENODEV, f"{os.fspath(path)}: not a regular file")
+        try:
+            control = os.getxattr(fd, CONTROL_XATTR).decode()
+        except OSError as e:
+            if e.errno not in (errno.ENODATA, errno.ENOTSUP):
+                raise
+            raise OSError(errno.EOPNOTSUPP if sync else errno.ENODEV,
+                          f"{os.fspath(path)}: not on a daxfs mount") from None
+    finally:
+        os.close(fd)
+    conn = ControlClient(control)
+    try:
+        reply = _ask(conn, "dax_map", OSError, ino=st.st_ino, offset=offset, length=length, write=write,
+                     sync=sync)
+        try:
+            image_fd, board_fd = _receive_fds(reply["fds"], write)
+        except BaseException:
+            with contextlib.suppress(ControlError, OSError):
+                conn.call("dax_unmap", id=reply["id"])  # or its blocks stay pinned until we exit
+            raise
+    except BaseException:
+        conn.close()
+        raise
+    m = Mapping(os.fspath(path), conn, reply, image_fd, board_fd, offset, length, write)
+    if flags & MAP_POPULATE:
+        m.populate()
+    return m
+
+
+def _check_flags(flags: int) -> int:
+    """mmap(2)'s rules: MAP_SHARED drops what it does not know (MAP_SYNC among it: a MAP_SYNC that
+    could be ignored must be asked for with MAP_SHARED_VALIDATE); MAP_SHARED_VALIDATE refuses it."""
+    kind = flags & _MAP_TYPE
+    if kind == MAP_SHARED:
+        flags &= LEGACY_MAP_MASK
+    elif kind == MAP_SHARED_VALIDATE:
+        unknown = flags & ~(LEGACY_MAP_MASK | MAP_SYNC)
+        if unknown:
+            raise OSError(errno.EOPNOTSUPP, f"mmap flags {unknown:#x} are not supported")
+    elif kind == _MAP_PRIVATE:
+        raise OSError(errno.EINVAL, "MAP_PRIVATE: daxfs.dax makes shared mappings only")
+    else:
+        raise OSError(errno.EINVAL, f"mapping type {kind:#x}: use MAP_SHARED or MAP_SHARED_VALIDATE")
+    if flags & _REFUSED:
+        raise OSError(errno.EINVAL, f"mmap flags {flags & _REFUSED:#x}: daxfs.dax places and backs its mappings itself")
+    return flags
+
+
+def _ask(conn: ControlClient, op: str, error: type[OSError], **args) -> dict:
+    """One request to the fault service; a refusal ("ENAME: what") becomes error(errno, what)."""
+    try:
+        return conn.call(op, **args)
+    except ControlError as e:
+        code, what = errno_of(e)
+        raise error(code or errno.EIO, what) from None
+    except (ConnectionError, OSError) as e:
+        raise BusError(errno.ENOTCONN, f"the daxfs daemon is gone ({e}): the mapping is invalid") from None
+
+
+def _receive_fds(path: str, write: bool) -> tuple[int, int]:
+    """The image and the board, handed over by the daemon (SCM_RIGHTS)."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+        s.settimeout(30)
+        s.connect(path)
+        s.sendall(encode({"write": write}))
+        msg, fds, _, _ = socket.recv_fds(s, 4096, 2)
+    reply = decode(msg or b"{}")
+    if not reply.get("ok") or len(fds) != 2:
+        for fd in fds:
+            os.close(fd)
+        code, what = errno_of(ControlError(reply.get("error", "EIO: no descriptors")))
+        raise OSError(code or errno.EIO, what)
+    return fds[0], fds[1]
+
+
+def _sys(result: int | None, what: str) -> int:
+    if result is None or result == _MAP_FAILED or result == -1:
+        e = ctypes.get_errno()
+        raise OSError(e, f"{what}: {os.strerror(e)}")
+    return result
+
+
+class Mapping:
+    """A direct mapping of a file range (see the module doc). len(m) is its length in bytes."""
+
+    def __init__(self, path: str, conn: ControlClient, reply: dict, image_fd: int, board_fd: int,
+                 offset: int, length: int, writable: bool) -> None:
+        self.path = path
+        self.offset = offset
+        self.length = length
+        self.writable = writable
+        self.sync = bool(reply["sync"])  # MAP_SYNC, or the mount's or the file's sync mode
+        self._id, self._slot, self._epoch = reply["id"], reply["slot"], reply["epoch"]
+        self._first = offset // PAGE
+        self._size = reply["size"]  # i_size when mapped (for MAP_POPULATE)
+        npages = -(-length // PAGE)
+        self._conn = conn
+        self._image_fd = image_fd
+        board = _mmap.mmap(board_fd, 0, prot=_mmap.PROT_READ)
+        os.close(board_fd)
+        self._board = memoryview(board).cast("Q")
+        # The window: reserved, inaccessible until pages are faulted into it.
+        self._base = _sys(_libc.mmap(None, npages * PAGE, 0, _MAP_PRIVATE | _MAP_ANONYMOUS | _MAP_NORESERVE, -1, 0),
+                          "reserving address space")
+        self._mem = np.frombuffer((ctypes.c_uint8 * (npages * PAGE)).from_address(self._base), dtype=np.uint8)
+        self._state = np.zeros(npages, dtype=np.uint8)
+        self._exports: list[weakref.ref] = []  # the buffers under view()s (ctypes arrays: unhashable)
+        self._closed = False
+        self._release = weakref.finalize(self, _release, os.getpid(), conn, self._id, self._base, npages * PAGE,
+                                         image_fd, self._board, board)
+
+    # --- access -----------------------------------------------------------------------------------
+    def __len__(self) -> int:
+        return self.length
+
+    def __getitem__(self, key: int | slice) -> int | bytes:
+        if isinstance(key, slice):
+            a, b = self._span(key)
+            if a >= b:
+                return b""
+            self._ensure(a, b, write=False)
+            return self._mem[a:b].tobytes()
+        i = self._index(key)
+        if self._state[i // PAGE] == _NONE or self._board[self._slot] != self._epoch:
+            self._ensure(i, i + 1, write=False)
+        return int(self._mem[i])
+
+    def __setitem__(self, key: int | slice, value) -> None:
+        if isinstance(key, slice):
+            a, b = self._span(key)
+            src = np.frombuffer(memoryview(value).cast("B"), dtype=np.uint8)
+            if len(src) != b - a:
+                raise ValueError(f"assigning {len(src)} bytes to a slice of {max(0, b - a)}")
+            if a < b:
+                self._ensure(a, b, write=True)
+                self._mem[a:b] = src
+            return
+        i = self._index(key)
+        if self._state[i // PAGE] != _WRITE or self._board[self._slot] != self._epoch:
+            self._ensure(i, i + 1, write=True)
+        self._mem[i] = value
+
+    def view(self, offset: int = 0, length: int | None = None, write: bool = False) -> np.ndarray:
+        """A numpy uint8 array over [offset, offset+length), faulted in first (writable if write).
+        Stores into it are plain memory stores; it must be dropped before close()."""
+        a, b = self._span(slice(offset, None if length is None else offset + length))
+        if a >= b or a != offset or (length is not None and b - a != length):
+            raise IndexError(f"view [{offset}, +{length}) is outside the mapping of {self.length} bytes")
+        self._ensure(a, b, write)
+        buf = (ctypes.c_uint8 * (b - a)).from_address(self._base + a)
+        buf._mapping = self  # a view keeps the mapping (and so the window) alive
+        self._exports = [r for r in self._exports if r() is not None] + [weakref.ref(buf)]
+        arr = np.frombuffer(buf, dtype=np.uint8)
+        if not write:
+            arr.flags.writeable = False
+        return arr
+
+    def persist(self, offset: int = 0, length: int | None = None) -> None:
+        """Make what was stored in [offset, offset+length) durable (msync of its pages; libpmem's
+        pmem_persist). With MAP_SYNC the blocks' mappings were committed at the fault, so after this the
+        bytes are in the file after any crash; without it they may be in blocks a crash unmaps."""
+        a, b = self._span(slice(offset, None if length is None else offset + length))
+        self._check()
+        if a < b:
+            start = a - a % PAGE
+            _sys(_libc.msync(self._base + start, b - start, _MS_SYNC), "msync")
+
+    def populate(self) -> None:
+        """Read-fault every page up to the end of the file (what MAP_POPULATE does at mmap time)."""
+        end = min(self.length, max(0, self._size - self.offset))
+        if end > 0:
+            self._ensure(0, end, write=False)
+
+    def close(self) -> None:
+        """Unmap. Refused (BufferError) while a view() is alive, as mmap.close() refuses with exports."""
+        if self._closed:
+            return
+        alive = sum(r() is not None for r in self._exports)
+        if alive:
+            raise BufferError(f"{alive} view(s) of the mapping are still alive")
+        self._closed = True
+        self._state[:] = _NONE  # every access now goes to _check(), which says the mapping is closed
+        self._release()
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    def __enter__(self) -> "Mapping":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        state = "closed" if self._closed else f"{int(np.count_nonzero(self._state))} pages faulted"
+        return (f"<daxfs.dax.Mapping {self.path} [{self.offset}, +{self.length}) "
+                f"{'rw' if self.writable else 'ro'}{' MAP_SYNC' if self.sync else ''}, {state}>")
+
+    # --- faults -----------------------------------------------------------------------------------
+    def _index(self, i: int) -> int:
+        if i < 0:
+            i += self.length
+        if not 0 <= i < self.length:
+            raise IndexError("mapping index out of range")
+        return i
+
+    def _span(self, key: slice) -> tuple[int, int]:
+        a, b, step = key.indices(self.length)
+        if step != 1:
+            raise ValueError("slices of a mapping take no step")
+        return a, max(a, b)
+
+    def _check(self) -> None:
+        if self._closed:
+            raise ValueError(f"{self.path}: the mapping is closed")
+        if self._board[self._slot] != self._epoch:
+            self._refresh()
+
+    def _refresh(self) -> None:
+        """The board says something changed: revoked, or zero pages that now have blocks."""
+        if self._board[self._slot] == 0:
+            raise BusError(errno.EFAULT, f"{self.path}: the mapping was revoked (truncate, hole punch or unlink "
+                                         "of its range, unmount, or a daemon restart)")
+        r = _ask(self._conn, "dax_sync", BusError, id=self._id)
+        if r["revoked"]:
+            raise BusError(errno.EFAULT, f"{self.path}: the mapping was revoked")
+        for page in r["stale"]:
+            rel = page - self._first
+            self._place(rel, 1, None, 0)
+            self._state[rel] = _NONE
+        self._epoch = r["epoch"]
+
+    def _ensure(self, a: int, b: int, write: bool) -> None:
+        """Fault in the pages of bytes [a, b) that are not there (or not writable, for a write)."""
+        self._check()
+        if write and not self.writable:
+            raise PermissionError(errno.EACCES, f"{self.path}: the mapping is read-only")
+        p0, p1 = a // PAGE, (b - 1) // PAGE + 1
+        missing = np.flatnonzero(self._state[p0:p1] < (_WRITE if write else _READ))
+        if not len(missing):
+            return
+        lo, hi = p0 + int(missing[0]), p0 + int(missing[-1]) + 1  # one request for the whole span
+        r = _ask(self._conn, "dax_fault", BusError, id=self._id, page=self._first + lo, count=hi - lo, write=write)
+        for page, n, pblk in r["runs"]:
+            rel = page - self._first
+            if write:
+                self._place(rel, n, pblk, PROT_READ | PROT_WRITE)
+                self._state[rel:rel + n] = _WRITE
+                continue
+            for s, k in true_runs(self._state[rel:rel + n] == _NONE):  # a read fault keeps write access
+                self._place(rel + s, k, None if pblk is None else pblk + s, PROT_READ)
+                self._state[rel + s:rel + s + k] = _READ
+
+    def _place(self, rel: int, n: int, pblk: int | None, prot: int) -> None:
+        """Put pages [rel, rel+n) of the window on image blocks from pblk, on the zero page (None,
+        prot PROT_READ), or back to inaccessible (None, prot 0)."""
+        addr = self._base + rel * PAGE
+        if pblk is None:
+            res = _libc.mmap(addr, n * PAGE, prot, _MAP_PRIVATE | _MAP_FIXED | _MAP_ANONYMOUS | _MAP_NORESERVE, -1, 0)
+        else:
+            res = _libc.mmap(addr, n * PAGE, prot, MAP_SHARED | _MAP_FIXED | MAP_POPULATE, self._image_fd,
+                             pblk * PAGE)
+        _sys(res, "mapping pages")
+
+
+def _release(pid: int, conn: ControlClient, map_id: int, base: int, size: int, image_fd: int, board: memoryview,
+             board_map: _mmap.mmap) -> None:
+    """close(), or the garbage collector: tell the daemon (its blocks may be reused), unmap, close.
+    A forked child only drops its copies: the mapping is its parent's, and so is the connection."""
+    if os.getpid() == pid:
+        try:
+            conn.call("dax_unmap", id=map_id)
+        except (ControlError, OSError):
+            pass  # revoked already, or the daemon is gone: nothing holds the blocks any more
+    conn.close()
+    _libc.munmap(base, size)
+    os.close(image_fd)
+    board.release()
+    board_map.close()

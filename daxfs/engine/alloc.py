@@ -1,0 +1,175 @@
+"""Bitmap allocators for blocks and inodes.
+
+The on-image bitmap (bit i set = i in use) changes only through the journal. In memory each bitmap
+keeps two arrays:
+  ondisk  what the running transaction's bitmap blocks say;
+  busy    ondisk, plus runs freed by transactions not yet checkpointed (journal.py: such a run must
+          not be reused before then). Allocation searches `busy` only.
+An allocation checks the free count first and changes nothing when it cannot be satisfied whole, so
+ENOSPC never leaves partial metadata behind.
+"""
+
+from __future__ import annotations
+
+import errno
+
+import numpy as np
+
+from daxfs.engine import format as fmt
+from daxfs.engine.errors import CorruptImage, FsError
+from daxfs.engine.journal import Journal
+
+BITS_PER_BLOCK = fmt.PAYLOAD * 8
+_WINDOW = 1 << 16
+
+
+class Bitmap:
+    def __init__(self, journal: Journal, start: int, nblocks: int, nbits: int, kind: int, first: int) -> None:
+        self.journal = journal
+        self.start = start
+        self.nblocks = nblocks
+        self.nbits = nbits
+        self.kind = kind
+        self.first = first  # lowest allocatable bit
+        self.ondisk = np.zeros(nbits, dtype=bool)
+        for i in range(nblocks):
+            blkno = start + i
+            raw = journal.read(blkno)
+            fmt.read_header(raw, blkno, kind)
+            lo = i * BITS_PER_BLOCK
+            hi = min(nbits, lo + BITS_PER_BLOCK)
+            payload = np.frombuffer(raw, dtype=np.uint8, count=fmt.PAYLOAD, offset=fmt.HEADER_SIZE)
+            self.ondisk[lo:hi] = np.unpackbits(payload, bitorder="little")[: hi - lo].astype(bool)
+        self.busy = self.ondisk.copy()
+        self.busy[:first] = True
+        self.free_now = int(np.count_nonzero(~self.busy))
+        self.free_ondisk = int(np.count_nonzero(~self.ondisk[first:]))
+        self.pending = 0  # bits freed, not yet reusable
+
+    # --- on-image bits ----------------------------------------------------------------------------
+    def _store(self, lo: int, hi: int) -> None:
+        """Copy ondisk[lo:hi] into the bitmap blocks that hold it (joining them to the transaction)."""
+        for i in range(lo // BITS_PER_BLOCK, (hi - 1) // BITS_PER_BLOCK + 1):
+            blo = i * BITS_PER_BLOCK
+            bhi = min(self.nbits, blo + BITS_PER_BLOCK)
+            a, b = max(lo, blo), min(hi, bhi)
+            # whole bytes covering [a, b) within this block's payload
+            ba, bb = (a - blo) // 8, (b - blo + 7) // 8
+            bits = np.zeros((bb - ba) * 8, dtype=bool)
+            src_lo = blo + ba * 8
+            src_hi = min(bhi, blo + bb * 8)
+            bits[: src_hi - src_lo] = self.ondisk[src_lo:src_hi]
+            buf = self.journal.write_access(self.start + i)
+            off = fmt.HEADER_SIZE + ba
+            buf[off:off + bb - ba] = np.packbits(bits, bitorder="little").tobytes()
+
+    def mark_used(self, lo: int, n: int) -> None:
+        self.ondisk[lo:lo + n] = True
+        self.busy[lo:lo + n] = True
+        self.free_now -= n
+        self.free_ondisk -= n
+        self._store(lo, lo + n)
+
+    def release_on_checkpoint(self, lo: int, n: int) -> None:
+        """Clear the bits on the image now; make them allocatable once the transaction is checkpointed."""
+        if not self.ondisk[lo:lo + n].all():
+            raise CorruptImage(f"{fmt.KIND_NAMES[self.kind]}: freeing bits {lo}+{n} that are not all in use", lo)
+        self.ondisk[lo:lo + n] = False
+        self.free_ondisk += n
+        self.pending += n
+        self._store(lo, lo + n)
+        self.journal.free_later(lo, n)
+
+    def free_now_bits(self, lo: int, n: int) -> None:
+        """Clear and make allocatable at once (inodes: reuse in a later transaction is safe)."""
+        self.ondisk[lo:lo + n] = False
+        self.busy[lo:lo + n] = False
+        self.free_now += n
+        self.free_ondisk += n
+        self._store(lo, lo + n)
+
+    def reusable(self, lo: int, n: int) -> None:
+        """The freeing transaction was checkpointed."""
+        self.busy[lo:lo + n] = self.ondisk[lo:lo + n]
+        self.free_now += int(np.count_nonzero(~self.busy[lo:lo + n]))
+        self.pending -= n
+
+    # --- search -----------------------------------------------------------------------------------
+    def find(self, n: int, goal: int) -> list[tuple[int, int]]:
+        """Runs totalling n free bits, preferring one contiguous run at or after goal. Marks nothing."""
+        if n > self.free_now:
+            raise FsError(errno.ENOSPC)
+        goal = min(max(goal, self.first), self.nbits - 1)
+        if goal + n <= self.nbits and not self.busy[goal:goal + n].any():
+            return [(goal, n)]
+        whole = self._first_run(goal, n, whole=True)
+        if whole is not None:
+            return [whole]
+        out: list[tuple[int, int]] = []
+        need = n
+        pos = goal
+        while need:
+            lo, ln = self._first_run(pos, need, whole=False)  # type: ignore[misc]
+            out.append((lo, ln))
+            need -= ln
+            pos = lo + ln
+        return out
+
+    def _first_run(self, goal: int, n: int, whole: bool) -> tuple[int, int] | None:
+        """The first free run at or after goal (wrapping) of length >= n (whole) or of any length."""
+        for lo0, hi0 in ((goal, self.nbits), (self.first, goal)):
+            lo = lo0
+            while lo < hi0:
+                hi = min(hi0, lo + _WINDOW + n)
+                free = ~self.busy[lo:hi]
+                edges = np.diff(np.concatenate(([0], free.view(np.int8), [0])))
+                starts = np.flatnonzero(edges == 1)
+                if len(starts):
+                    ends = np.flatnonzero(edges == -1)
+                    lens = ends - starts
+                    if not whole:
+                        return lo + int(starts[0]), min(n, int(lens[0]))
+                    ok = np.flatnonzero(lens >= n)
+                    if len(ok):
+                        return lo + int(starts[ok[0]]), n
+                lo += _WINDOW
+        return None
+
+
+class Allocator:
+    """Blocks and inodes of one file system."""
+
+    def __init__(self, journal: Journal, sb: fmt.Superblock) -> None:
+        self.journal = journal
+        self.blocks = Bitmap(journal, sb.bitmap_start, sb.bitmap_blocks, sb.total_blocks, fmt.K_BITMAP,
+                             sb.data_start)
+        self.inodes = Bitmap(journal, sb.ibitmap_start, sb.ibitmap_blocks, sb.inode_count, fmt.K_IBITMAP,
+                             fmt.FIRST_FREE_INO)
+        self.cursor = sb.data_start
+        self.icursor = fmt.FIRST_FREE_INO
+
+    def alloc_blocks(self, n: int, goal: int = 0) -> list[tuple[int, int]]:
+        runs = self.blocks.find(n, goal or self.cursor)
+        for lo, ln in runs:
+            self.blocks.mark_used(lo, ln)
+        self.cursor = runs[-1][0] + runs[-1][1]
+        return runs
+
+    def alloc_block(self, goal: int = 0) -> int:
+        return self.alloc_blocks(1, goal)[0][0]
+
+    def free_blocks(self, lo: int, n: int) -> None:
+        self.blocks.release_on_checkpoint(lo, n)
+
+    def release(self, runs: list[tuple[int, int]]) -> None:
+        for lo, n in runs:
+            self.blocks.reusable(lo, n)
+
+    def alloc_inode(self) -> int:
+        (ino, _), = self.inodes.find(1, self.icursor)
+        self.inodes.mark_used(ino, 1)
+        self.icursor = ino + 1
+        return ino
+
+    def free_inode(self, ino: int) -> None:
+        self.inodes.free_now_bits(ino, 1)

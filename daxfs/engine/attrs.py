@@ -1,0 +1,98 @@
+"""Attributes: setattr (mode, owner, times, size) and truncate, stepwise where a file is large.
+
+A truncate that removes more extents than one transaction may hold is cut in steps, as ext4 does:
+i_size and an orphan entry commit first, the extents then go from the end one transaction at a
+time, and the orphan entry goes with the last step; a crash between steps leaves the orphan entry,
+and the next open finishes the cut (fs.FileSystem's orphan pass).
+"""
+
+from __future__ import annotations
+
+import errno
+import stat
+
+from daxfs.engine import format as fmt
+from daxfs.engine.core import BS, now_ns
+from daxfs.engine.data import DataPath
+from daxfs.engine.errors import FsError
+from daxfs.engine.inode import Inode
+
+KEEP_ID = 0xFFFFFFFF  # chown's "leave this id as it is" (-1)
+BITMAP_MARGIN = 64  # journal blocks a truncate step leaves for the rest of its transaction
+
+
+class Attributes(DataPath):
+    def setattr(self, ino: int, *, mode: int | None = None, uid: int | None = None, gid: int | None = None,
+                size: int | None = None, atime_ns: int | None = None, mtime_ns: int | None = None,
+                ctime_ns: int | None = None) -> Inode:
+        inode = self.inode(ino)
+        if size is not None:
+            self._check_truncate(inode, size)
+        self._begin(freeing=size is not None and size < inode.size)
+        if size is not None:
+            self._truncate(inode, size)
+        if mode is not None:
+            inode.mode = stat.S_IFMT(inode.mode) | (mode & 0o7777)
+        if uid is not None and uid != KEEP_ID:
+            inode.uid = uid
+        if gid is not None and gid != KEEP_ID:
+            inode.gid = gid
+        if atime_ns is not None:
+            inode.atime_ns = atime_ns
+        if mtime_ns is not None:
+            inode.mtime_ns = mtime_ns
+        inode.ctime_ns = ctime_ns if ctime_ns is not None else now_ns()
+        self.inodes.save(inode)
+        return inode
+
+    def truncate(self, ino: int, size: int) -> None:
+        inode = self.inode(ino)
+        self._check_truncate(inode, size)
+        self._begin(freeing=size < inode.size)
+        self._truncate(inode, size)
+
+    @staticmethod
+    def _check_truncate(inode: Inode, size: int) -> None:
+        if stat.S_ISDIR(inode.mode):
+            raise FsError(errno.EISDIR)
+        if not stat.S_ISREG(inode.mode):
+            raise FsError(errno.EINVAL)
+        if size < 0:
+            raise FsError(errno.EINVAL)
+        if size > fmt.MAX_FILE_BLOCKS * BS:
+            raise FsError(errno.EFBIG)
+
+    def _truncate(self, inode: Inode, size: int) -> None:
+        if size < inode.size:
+            self._truncate_down(inode, size)
+        else:
+            self._grow_size(inode, size)
+        inode.size = size
+        inode.unstable.size_tid = self.journal.running_tid
+        self._touch(inode)
+
+    def _truncate_down(self, inode: Inode, size: int) -> None:
+        """Unmap everything past `size`, in steps if it takes more than one transaction (module doc)."""
+        keep = (size + BS - 1) // BS
+        self._dax_revoke(inode, keep, fmt.MAX_FILE_BLOCKS)
+        ext = self._extents(inode)
+        budget = max(16, self.journal.max_txn_blocks - self.sb.bitmap_blocks - BITMAP_MARGIN)
+        orphans = self._dir(self.inode(fmt.ORPHAN_INO))
+        name = b"%d" % inode.ino
+        if ext.count_from(keep) > budget and orphans.lookup(name) is None:
+            inode.size = size
+            orphans.add(name, inode.ino, inode.mode)
+            self.inodes.save(inode)
+            self.commit()
+        while True:
+            lo = max(keep, ext.start_of_last(budget))
+            for pblk, n in ext.remove(lo, fmt.MAX_FILE_BLOCKS):
+                self.alloc.free_blocks(pblk, n)
+                inode.blocks -= n
+            if lo == keep:
+                break
+            self.inodes.save(inode)
+            self.commit()
+        if orphans.lookup(name) is not None and inode.nlink > 0:
+            orphans.remove(name)
+

@@ -1,0 +1,144 @@
+"""The operation layer: transactions, space reservation and the per-inode structures every file
+system operation works through. The layers above (mappings, data, attrs, xattr, namespace, fault,
+fs) each add one job to this class; see daxfs/engine/__init__.py for the order.
+
+Every mutating operation is one atomic step of the running transaction: it calls _begin() first,
+which refuses a read-only file system and makes room in the transaction and in the bitmap, and it
+checks everything that could fail before it changes anything, so an error never leaves half an
+operation in a transaction, and a crash shows each operation either whole or not at all.
+
+Freed blocks are reusable only after their transaction is checkpointed (journal.py): after_commit()
+hands them back through release_freed(), which the mappings layer narrows to blocks no direct
+mapping still holds.
+"""
+
+from __future__ import annotations
+
+import errno
+import stat
+import time
+
+from daxfs.engine import format as fmt
+from daxfs.engine.alloc import Allocator
+from daxfs.engine.chain import SlotChain
+from daxfs.engine.directory import Directory
+from daxfs.engine.errors import FsError
+from daxfs.engine.extent import ExtentMap
+from daxfs.engine.inode import Inode, InodeTable
+from daxfs.engine.journal import Journal
+from daxfs.engine.pmem import PmemRegion
+from daxfs.engine.transaction import Transaction
+
+BS = fmt.BLOCK_SIZE
+SLACK = 4  # blocks an operation may need for chain growth beyond its data
+# Blocks that only operations freeing space may dip into: on a full file system an unlink must still
+# work, although it may grow the orphan directory, and so must the forget that later frees the file.
+RESERVE = 32
+DAY_NS = 86400 * 10**9
+
+
+def now_ns() -> int:
+    return time.time_ns()
+
+
+class FsCore:
+    def __init__(self, region: PmemRegion, sb: fmt.Superblock, readonly: bool) -> None:
+        self.region = region
+        self.readonly = readonly
+        self.sb = sb
+        self.journal = Journal(region, sb)
+        self.alloc = Allocator(self.journal, sb)
+        self.inodes = InodeTable(self.journal, self.alloc, sb)
+
+    # --- transactions -----------------------------------------------------------------------------
+    def commit(self) -> int:
+        """Commit the running transaction now (synchronously). Returns the committed tid."""
+        tid = self.journal.commit()
+        self.after_commit()
+        return tid
+
+    def start_commit(self) -> Transaction | None:
+        """Close the running transaction (None: nothing to commit); journal.write_commit() writes it on
+        any thread, then finish_commit() here."""
+        return self.journal.start_commit()
+
+    def finish_commit(self, txn: Transaction) -> None:
+        self.journal.finish_commit(txn)
+        self.after_commit()
+
+    def after_commit(self) -> None:
+        self.release_freed(self.journal.take_releasable())
+        self.journal.evict_clean()
+
+    def release_freed(self, runs: list[tuple[int, int]]) -> None:
+        """Checkpointed frees become allocatable (the mappings layer holds back pinned blocks)."""
+        self.alloc.release(runs)
+
+    def checkpoint(self) -> None:
+        """Commit, then write every committed block home and free the journal."""
+        self.commit()
+        self.journal.checkpoint()
+        self.after_commit()
+
+    @property
+    def committed_tid(self) -> int:
+        return self.journal.committed_tid
+
+    def _begin(self, blocks: int = 0, freeing: bool = False) -> None:
+        """Start an operation: refuse a read-only fs, make room in the transaction and in the bitmap.
+        An operation that frees space (`freeing`) may use the RESERVE, so that a full fs can be emptied."""
+        if self.readonly:
+            raise FsError(errno.EROFS)
+        if self.journal.running_full():
+            self.commit()
+        need = blocks + SLACK + (0 if freeing else RESERVE)
+        if self.alloc.blocks.free_now < need and self.alloc.blocks.pending:
+            self.checkpoint()  # blocks freed by committed transactions come back at checkpoint
+        if self.alloc.blocks.free_now < need:
+            raise FsError(errno.ENOSPC)
+
+    # --- inode helpers ----------------------------------------------------------------------------
+    def inode(self, ino: int) -> Inode:
+        return self.inodes.get(ino)
+
+    def _extents(self, inode: Inode) -> ExtentMap:
+        if inode.extents is None:
+            chain = SlotChain(self.journal, self.alloc.alloc_block, fmt.K_EXTENTS, inode.ino, fmt.EXTENT_SIZE,
+                              inode.extent_head, lambda head: self._set_head(inode, "extent_head", head),
+                              self.inodes.inline_extent_slots(inode.ino))
+            inode.extents = ExtentMap(chain, inode.ino)
+        return inode.extents
+
+    def _dir(self, inode: Inode) -> Directory:
+        if not stat.S_ISDIR(inode.mode):
+            raise FsError(errno.ENOTDIR)
+        if inode.directory is None:
+            chain = SlotChain(self.journal, self.alloc.alloc_block, fmt.K_DIRENTS, inode.ino, fmt.DIRENT_SIZE,
+                              inode.dirent_head, lambda head: self._set_head(inode, "dirent_head", head))
+            inode.directory = Directory(chain, inode.ino)
+        return inode.directory
+
+    def _set_head(self, inode: Inode, field: str, head: int) -> None:
+        setattr(inode, field, head)
+        self.inodes.save(inode)
+
+    def _touch(self, inode: Inode, m: bool = True, c: bool = True) -> None:
+        t = now_ns()
+        if m:
+            inode.mtime_ns = t
+        if c:
+            inode.ctime_ns = t
+        self.inodes.save(inode)
+
+    def _accessed(self, inode: Inode) -> None:
+        """relatime, as Linux mounts by default: a read updates atime when atime is not newer than
+        mtime or ctime, or is a day old; otherwise reads change no metadata at all."""
+        if self.readonly:
+            return
+        t = now_ns()
+        if inode.atime_ns <= max(inode.mtime_ns, inode.ctime_ns) or t - inode.atime_ns > DAY_NS:
+            if self.journal.running_full():
+                self.commit()
+            inode.atime_ns = t
+            self.inodes.save(inode)
+

@@ -1,0 +1,128 @@
+"""Inodes: the fixed-size records of the inode table, cached in memory.
+
+An Inode object is the in-memory truth of one record; save() writes it into its table block through
+the journal. Table blocks are initialised lazily (mkfs leaves them as zeros, a large sparse image
+would otherwise need its whole table written): a zero block holds only free inodes.
+
+The per-inode structures built on top (extent map, directory, xattrs) are attached by the layers
+above and loaded on first use, so opening a file system reads no inode at all.
+"""
+
+from __future__ import annotations
+
+import errno
+from dataclasses import dataclass, field, fields
+from typing import Any
+
+from daxfs.engine import format as fmt
+from daxfs.engine.alloc import Allocator
+from daxfs.engine.errors import CorruptImage, FsError
+from daxfs.engine.journal import Journal
+from daxfs.engine.unstable import UnstableMap
+
+
+@dataclass(eq=False)
+class Inode:
+    ino: int
+    generation: int = 0
+    mode: int = 0
+    uid: int = 0
+    gid: int = 0
+    nlink: int = 0
+    flags: int = 0
+    pad: int = 0
+    size: int = 0
+    blocks: int = 0  # allocated data blocks
+    atime_ns: int = 0
+    mtime_ns: int = 0
+    ctime_ns: int = 0
+    rdev: int = 0
+    extent_head: int = 0
+    dirent_head: int = 0
+    xattr_head: int = 0
+    parent: int = 0  # directories: the inode of ".."
+    # --- in memory only ---
+    refs: int = 0  # kernel lookups (and open handles through them): an unlinked inode lives while > 0
+    extents: Any = None  # extent.ExtentMap, loaded on first use
+    directory: Any = None  # directory.Directory, loaded on first use
+    xattrs: dict[bytes, bytes] | None = None
+    xattr_blocks: list[int] = field(default_factory=list)
+    unstable: UnstableMap = field(default_factory=UnstableMap)
+    dirty_data: list[tuple[int, int]] = field(default_factory=list)  # pmem byte runs stored since fsync
+
+    def pack(self) -> bytes:
+        return fmt.INODE.pack(*(getattr(self, name) for name in RECORD_FIELDS))
+
+
+# The fields of the on-image record, in fmt.INODE's order (the rest of Inode lives in memory only).
+RECORD_FIELDS = tuple(f.name for f in fields(Inode))[:len(fmt.INODE.format) - 1]
+assert RECORD_FIELDS[-1] == "parent"
+
+
+class InodeTable:
+    def __init__(self, journal: Journal, alloc: Allocator, sb: fmt.Superblock) -> None:
+        self.journal = journal
+        self.alloc = alloc
+        self.sb = sb
+        self.cache: dict[int, Inode] = {}
+        self.generation = sb.mount_count << 20  # fresh generations each mount: ino reuse is detectable
+
+    def location(self, ino: int) -> tuple[int, int]:
+        return fmt.inode_location(self.sb.itable_start, ino)
+
+    def get(self, ino: int) -> Inode:
+        inode = self.cache.get(ino)
+        if inode is not None:
+            return inode
+        if not (0 < ino < self.sb.inode_count) or not self.alloc.inodes.ondisk[ino]:
+            raise FsError(errno.ENOENT, f"inode {ino}")
+        blk, off = self.location(ino)
+        raw = self.journal.read(blk)
+        if raw[:4] != fmt.MAGIC:
+            raise CorruptImage(f"inode {ino} is allocated but its table block {blk} was never written", blk)
+        fmt.read_header(raw, blk, fmt.K_INODES, check_crc=blk not in self.journal.cache)
+        inode = Inode(*fmt.INODE.unpack_from(raw, off))
+        if inode.ino != ino:
+            raise CorruptImage(f"inode {ino}: record in block {blk} says it is inode {inode.ino}", blk)
+        self.cache[ino] = inode
+        return inode
+
+    def save(self, inode: Inode) -> None:
+        blk, off = self.location(inode.ino)
+        buf = self._table_block(blk)
+        buf[off:off + fmt.INODE_FIXED] = inode.pack()
+
+    def _table_block(self, blk: int) -> bytearray:
+        raw = self.journal.read(blk)
+        if raw[:4] != fmt.MAGIC:  # first inode in this block: initialise it
+            return self.journal.create(blk, fmt.BlockHeader(fmt.K_INODES))
+        return self.journal.write_access(blk)
+
+    def new(self, mode: int, uid: int, gid: int, now_ns: int, rdev: int = 0) -> Inode:
+        ino = self.alloc.alloc_inode()
+        self.generation += 1
+        inode = Inode(ino, generation=self.generation & 0xFFFFFFFF, mode=mode, uid=uid, gid=gid, nlink=0,
+                      rdev=rdev, atime_ns=now_ns, mtime_ns=now_ns, ctime_ns=now_ns)
+        blk, off = self.location(ino)
+        buf = self._table_block(blk)
+        buf[off:off + fmt.INODE_SIZE] = bytes(fmt.INODE_SIZE)  # clears stale inline extents too
+        self.cache[ino] = inode
+        self.save(inode)
+        return inode
+
+    def delete(self, inode: Inode) -> None:
+        """Clear the record and free the inode number (its blocks are the caller's to free first)."""
+        blk, off = self.location(inode.ino)
+        buf = self.journal.write_access(blk)
+        buf[off:off + fmt.INODE_SIZE] = bytes(fmt.INODE_SIZE)
+        self.alloc.free_inode(inode.ino)
+        self.cache.pop(inode.ino, None)
+
+    def inline_extent_slots(self, ino: int) -> list[tuple[int, int]]:
+        blk, off = self.location(ino)
+        return [(blk, off + fmt.INODE_FIXED + i * fmt.EXTENT_SIZE) for i in range(fmt.INLINE_EXTENTS)]
+
+    def evict(self, inode: Inode, committed_tid: int) -> None:
+        """Forget an unreferenced inode's in-memory state, unless it still knows unstable blocks."""
+        if inode.refs == 0 and inode.nlink > 0 and not inode.unstable.any(committed_tid) and not inode.dirty_data:
+            self.cache.pop(inode.ino, None)
