@@ -29,6 +29,7 @@ import numpy as np
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 from daxfs import dax  # noqa: E402
+from daxfs.dax.protocol import MAP_XATTR  # noqa: E402
 from daxfs.daemon import mount as daemon  # noqa: E402
 from daxfs.daemon.options import parse_options  # noqa: E402
 from daxfs.engine.mkfs import mkfs  # noqa: E402
@@ -58,7 +59,7 @@ def new_file(path: str, size: int, written: bool) -> None:
 
 def pmem_runs(path: str) -> list[tuple[int, int, int]]:
     """(file offset, pmem offset, bytes) of each extent, from user.daxfs.map."""
-    d = json.loads(os.getxattr(path, "user.daxfs.map"))
+    d = json.loads(os.getxattr(path, MAP_XATTR))
     bs = d["block_size"]
     return [(lblk * bs, pblk * bs, n * bs) for lblk, n, pblk, _, _ in d["extents"] if pblk is not None]
 

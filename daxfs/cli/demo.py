@@ -7,7 +7,6 @@ last write returns, remount (replay), and count what survived. Prints both modes
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import statistics
@@ -19,6 +18,7 @@ from rich.console import Console
 from rich.table import Table
 
 from daxfs.daemon import mount as daemon
+from daxfs.dax.protocol import read_stats
 from daxfs.daemon.options import parse_options
 from daxfs.daemon.proc import wait_exit
 from daxfs.engine.mkfs import mkfs
@@ -52,10 +52,6 @@ def _timed_pwrite(fd: int, data: bytes, off: int) -> float:
     return (time.perf_counter() - t0) * 1e6
 
 
-def _stats(mnt: str) -> dict:
-    return json.loads(os.getxattr(mnt, "user.daxfs.stats"))
-
-
 def run_mode(name: str, options: str, workdir: str, quiet) -> ModeResult:
     res = ModeResult(name)
     image = os.path.join(workdir, f"{name}.img")
@@ -75,7 +71,7 @@ def run_mode(name: str, options: str, workdir: str, quiet) -> ModeResult:
             res.new_us.append(_timed_pwrite(new, pattern("new", i), i * BLOCK))
         for i in range(SYNCED_BLOCKS):
             res.overwrite_us.append(_timed_pwrite(synced, pattern("over", i), i * BLOCK))
-        st = _stats(mnt)
+        st = read_stats(mnt)
         res.commits, res.sync_faults = st["commits"], st["sync_faults"]
         os.kill(st["pid"], signal.SIGKILL)  # the moment the last write returned
         wait_exit(st["pid"], 5)

@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from rich.console import Console
 
 from daxfs.daemon import mount as daemon
+from daxfs.dax.protocol import read_stats
 from daxfs.daemon.options import parse_options
 from daxfs.daemon.proc import wait_exit
 from daxfs.engine.mounttab import mount_entry
@@ -141,7 +142,7 @@ def crash_contrast(image: str, mnt: str, quiet) -> tuple[int, int]:
         prepare(path, False, KEEP_PAGES)
     maps = [dax.mmap(paths[0], KEEP_PAGES * PAGE, dax.MAP_SHARED_VALIDATE | dax.MAP_SYNC),
             dax.mmap(paths[1], KEEP_PAGES * PAGE, dax.MAP_SHARED)]
-    pid = daemon_pid(mnt)
+    pid = read_stats(mnt)["pid"]
     for m in maps:  # plain last: a later MAP_SYNC commit would take plain's allocations along
         for p in range(KEEP_PAGES):
             m[p * PAGE:(p + 1) * PAGE] = data[p]
@@ -157,12 +158,6 @@ def crash_contrast(image: str, mnt: str, quiet) -> tuple[int, int]:
             got = f.read()
         kept.append(sum(got[p * PAGE:(p + 1) * PAGE] == data[p] for p in range(KEEP_PAGES)))
     return kept[0], kept[1]
-
-
-def daemon_pid(mnt: str) -> int:
-    import json
-
-    return json.loads(os.getxattr(mnt, "user.daxfs.stats"))["pid"]
 
 
 def mount(image: str, mnt: str, options: str, quiet) -> None:

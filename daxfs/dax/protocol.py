@@ -44,6 +44,11 @@ class ProtocolError(ControlError):
     """A message that is not one: too long, not JSON, not an object, nested too deep, NaN."""
 
 
+def read_stats(path: str) -> dict:
+    """The daemon's counters, asked through any path of its mount (OSError if the mount is dead)."""
+    return json.loads(os.getxattr(path, STATS_XATTR))
+
+
 def encode(obj: dict) -> bytes:
     return json.dumps(obj, allow_nan=False).encode() + b"\n"
 

@@ -1,21 +1,12 @@
-"""Mount: crash-test your own program on a real daxfs mount (daxfs.testing's main room).
-
-    from daxfs.testing import Mount
-
-    m = Mount.create("/tmp/work", size="64M")       # mkfs an image, make a mount point beside it
-    m.mount("map_sync")                             # sync mode (MAP_SYNC semantics) for every file
-    ... run your code against m.mnt ...
-    m.crash()                                       # SIGKILL the daemon at once, clean the dead mount
-    m.remount()                                     # mount again: replays the journal, as after a real crash
-    m.fsck()                                        # raises CheckFailed unless the image is clean
-    m.cleanup()                                     # unmount whatever is left, fsck; never raises
+"""Mount: an image and its mount point, driven as a user drives them (daxfs.testing's doc has the
+example); m.cleanup() unmounts whatever a test left and runs fsck, and never raises.
 
 Steering a running daemon (through its control socket; each call returns once it took effect):
 `m.crash_at("commit.records_written", 3)` makes it die on the 3rd pass of that point,
 `m.mark("phase 2")` writes a mark into its log. `daxfs crashtest --list-points` lists the points.
 
 Everything goes through the `daxfs` command, exactly as a user would type it. With pytest, the
-`daxfs_mount` fixture (daxfs.pytest_plugin, registered by `pip install daxfs`) makes Mounts that are
+`daxfs_mount` fixture (daxfs.testing.pytest_plugin, registered by installing daxfs) makes Mounts that are
 unmounted and fsck'ed at teardown. docs/crash-testing.md has a complete example.
 """
 
@@ -31,7 +22,7 @@ import sys
 from daxfs.daemon import mount as daemon
 from daxfs.daemon.options import parse_options
 from daxfs.daemon.proc import process_alive, wait_exit
-from daxfs.dax.protocol import STATS_XATTR, ControlClient
+from daxfs.dax.protocol import STATS_XATTR, ControlClient, read_stats
 from daxfs.engine.errors import DaxfsError
 from daxfs.engine.mounttab import mount_entry
 
@@ -191,7 +182,7 @@ class Mount:
             return False
 
     def stats(self) -> dict:
-        return json.loads(os.getxattr(self.mnt, STATS_XATTR))
+        return read_stats(self.mnt)
 
     def pid(self) -> int:
         return self.stats()["pid"]
