@@ -155,17 +155,20 @@ def inode_at(path: str, ino: int) -> tuple[int, int]:
 
 def record(path: str, ino: int) -> Inode:
     blk, off = inode_at(path, ino)
-    return Inode(*fmt.INODE.unpack_from(load(path, blk), off))
+    return Inode.unpack(load(path, blk), off, superblock(path).version)
 
 
 def edit_inode(path: str, ino: int, /, **changes: int) -> None:
     blk, off = inode_at(path, ino)
+    version = superblock(path).version
 
     def change(b: bytearray) -> None:
-        rec = Inode(*fmt.INODE.unpack_from(b, off))
+        rec = Inode.unpack(b, off, version)
         for k, v in changes.items():
             setattr(rec, k, v)
-        b[off:off + fmt.INODE_FIXED] = rec.pack()
+        fixed, nsec = rec.pack(version)
+        b[off:off + fmt.INODE_FIXED] = fixed
+        b[off + fmt.INODE_NSEC_OFFSET:off + fmt.INODE_NSEC_OFFSET + fmt.INODE_NSEC.size] = nsec
     edit(path, blk, change)
 
 

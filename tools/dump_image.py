@@ -62,6 +62,9 @@ INODE_FIELDS = ["ino", "generation", "mode", "uid", "gid", "nlink", "flags", "pa
 INODE = struct.Struct("<IIIIIIIIQQqqqQQQQQ")
 INLINE_OFF = 112
 INLINE_SLOTS = 4
+NSEC = struct.Struct("<III")  # version 2: atime, mtime, ctime nanoseconds; the time fields are seconds
+NSEC_OFF = 240
+VERSIONS = (1, 2)
 ROOT_INO, ORPHAN_INO = 1, 2
 FLAG_MAP_SYNC = 1
 
@@ -142,7 +145,7 @@ class Image:
                 verify(raw, blkno, K_SUPER)
                 sb = dict(zip((n for n, _ in SB_FIELDS), SUPER.unpack_from(raw, HDR_SIZE)))
                 c["generation"] = sb["generation"]
-                if sb["version"] != 1:
+                if sb["version"] not in VERSIONS:
                     raise Corrupt(f"superblock {blkno}: unsupported version {sb['version']}")
                 if sb["block_size"] != BS:
                     raise Corrupt(f"superblock {blkno}: block size {sb['block_size']}")
@@ -304,6 +307,9 @@ def read_inode(img: Image, sb: dict, ino: int) -> dict:
         raise Corrupt(f"inode {ino} is allocated but its table block {blk} was never initialised")
     verify(raw, blk, K_INODES)
     rec = dict(zip(INODE_FIELDS, INODE.unpack_from(raw, off)))
+    if sb["version"] >= 2:  # §7: seconds in the time fields, nanoseconds beside the inline slots
+        for name, ns in zip(("atime_ns", "mtime_ns", "ctime_ns"), NSEC.unpack_from(raw, off + NSEC_OFF)):
+            rec[name] = rec[name] * 10**9 + ns
     if rec["ino"] != ino:
         raise Corrupt(f"inode {ino}: record in block {blk} says it is inode {rec['ino']}")
     rec["type"] = type_name(rec["mode"])

@@ -66,22 +66,30 @@ def mkfs(image: str, size: int, inodes: int | None, journal_size: int | None, fo
 @main.command()
 @click.argument("image")
 @click.option("--json", "as_json", is_flag=True, help="machine-readable report")
-def fsck(image: str, as_json: bool) -> None:
-    """Check every invariant of an image. Exit 0 clean, 4 errors found, 8 operational error."""
+@click.option("--repair", is_flag=True, help="keep what a damaged journal replays, discard the committed transactions "
+              "past the damage, reset the journal, and report what was lost")
+def fsck(image: str, as_json: bool, repair: bool) -> None:
+    """Check every invariant of an image. Exit 0 clean, 1 errors fixed (--repair), 4 errors left,
+    8 operational error."""
     from daxfs.engine.fsck import check
+    from daxfs.engine.repair import repair_journal
 
     try:
+        fixed = repair_journal(image) if repair else None
         report = check(image)
     except DaxfsError as e:
         fail(str(e), 8)
     except OSError as e:
         fail(f"{image}: {e.strerror or e}", 8)
     if as_json:
-        click.echo(json.dumps(report.as_dict(), indent=2))
+        doc = report.as_dict()
+        if fixed is not None:
+            doc["repair"] = {"replayed": fixed.replayed, "lost": [vars(x) for x in fixed.lost]}
+        click.echo(json.dumps(doc, indent=2))
     else:
-        for line in report.lines():
+        for line in (fixed.lines() if fixed is not None else []) + report.lines():
             click.echo(line)
-    sys.exit(0 if report.clean else 4)
+    sys.exit(4 if not report.clean else 1 if fixed is not None and fixed.changed else 0)
 
 
 @main.command()

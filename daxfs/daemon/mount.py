@@ -15,7 +15,6 @@ writer can open it underneath.
 
 from __future__ import annotations
 
-import fcntl
 import hashlib
 import json
 import logging
@@ -33,19 +32,9 @@ from daxfs.dax.protocol import DEAD_MOUNT_ERRNOS, STATS_XATTR
 from daxfs.engine import crashpoint
 from daxfs.engine.errors import DaxfsError
 from daxfs.engine.mounttab import mount_entry
+from daxfs.engine.pmem import lock_image
 
 log = logging.getLogger("daxfs")
-
-
-def lock_image(path: str) -> int:
-    """An fd holding an exclusive flock on the image; DaxfsError if a daemon already has it."""
-    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        os.close(fd)
-        raise DaxfsError(f"{path} is in use by a mounted daxfs (unmount it first)") from None
-    return fd
 
 
 def control_socket_path(image: str) -> str:

@@ -15,7 +15,7 @@ from daxfs.engine import format as fmt
 from daxfs.engine.core import BS, now_ns
 from daxfs.engine.data import DataPath
 from daxfs.engine.errors import FsError
-from daxfs.engine.inode import Inode
+from daxfs.engine.inode import Inode, clamp_time
 
 KEEP_ID = 0xFFFFFFFF  # chown's "leave this id as it is" (-1)
 BITMAP_MARGIN = 64  # journal blocks a truncate step leaves for the rest of its transaction
@@ -37,11 +37,12 @@ class Attributes(DataPath):
             inode.uid = uid
         if gid is not None and gid != KEEP_ID:
             inode.gid = gid
+        v = self.sb.version
         if atime_ns is not None:
-            inode.atime_ns = atime_ns
+            inode.atime_ns = clamp_time(atime_ns, v)
         if mtime_ns is not None:
-            inode.mtime_ns = mtime_ns
-        inode.ctime_ns = ctime_ns if ctime_ns is not None else now_ns()
+            inode.mtime_ns = clamp_time(mtime_ns, v)
+        inode.ctime_ns = clamp_time(ctime_ns, v) if ctime_ns is not None else now_ns()
         self.inodes.save(inode)
         return inode
 

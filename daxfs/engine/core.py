@@ -97,6 +97,15 @@ class FsCore:
         if self.alloc.blocks.free_now < need:
             raise FsError(errno.ENOSPC)
 
+    def _room_for(self, blocks: int) -> int:
+        """How many of `blocks` new blocks an operation that frees nothing may take now (checkpointing
+        first when frees waiting for it would make the difference): what a short write can write."""
+        if self.readonly:
+            raise FsError(errno.EROFS)
+        if self.alloc.blocks.free_now - SLACK - RESERVE < blocks and self.alloc.blocks.pending:
+            self.checkpoint()
+        return max(0, min(blocks, self.alloc.blocks.free_now - SLACK - RESERVE))
+
     # --- inode helpers ----------------------------------------------------------------------------
     def inode(self, ino: int) -> Inode:
         return self.inodes.get(ino)

@@ -46,10 +46,40 @@ class DataPath(Mappings):
         return bytes(out)
 
     def write(self, ino: int, off: int, data: bytes) -> int:
+        """Store data at off. As Linux file systems do, a write that runs into a full file system or
+        the largest file size writes what fits and returns the short count; only a write of which
+        nothing fits fails (ENOSPC, EFBIG)."""
         inode = self.inode(ino)
         if not stat.S_ISREG(inode.mode):
             raise FsError(errno.EISDIR if stat.S_ISDIR(inode.mode) else errno.EINVAL)
-        return self._write(inode, off, data)
+        if off < 0:
+            raise FsError(errno.EINVAL)
+        if not data:
+            return 0
+        n = min(len(data), fmt.MAX_FILE_BLOCKS * BS - off)
+        if n <= 0:
+            raise FsError(errno.EFBIG)
+        n = self._fits(inode, off, n)
+        if n == 0:
+            raise FsError(errno.ENOSPC)
+        return self._write(inode, off, memoryview(data)[:n])
+
+    def _fits(self, inode: Inode, off: int, n: int) -> int:
+        """The longest prefix of a write of n bytes at off whose new blocks the file system can give."""
+        lo, hi = off // BS, (off + n - 1) // BS + 1
+        maps = self._extents(inode).iomap(lo, hi - lo)
+        need = sum(m.len for m in maps if m.state == HOLE)
+        budget = self._room_for(need)
+        if budget >= need:
+            return n
+        end = lo  # first file block that does not fit
+        for m in maps:
+            if m.state == HOLE and m.len > budget:
+                end = m.lblk + budget
+                break
+            budget -= m.len if m.state == HOLE else 0
+            end = m.lblk + m.len
+        return max(0, min(n, end * BS - off))
 
     def _write(self, inode: Inode, off: int, data: bytes | memoryview, begin: bool = True) -> int:
         n = len(data)

@@ -24,7 +24,8 @@ from daxfs.engine.errors import CorruptImage
 
 BLOCK_SIZE = 4096
 MAGIC = b"DXFS"
-VERSION = 1
+VERSION = 2  # what mkfs writes
+VERSIONS = (1, 2)  # what the engine reads: 1 differs only in how an inode stores its times (see INODE_NSEC)
 
 # Block kinds (header.kind).
 K_SUPER = 1
@@ -170,7 +171,7 @@ class Superblock:
     def unpack(cls, b: bytes | memoryview, blkno: int) -> "Superblock":
         read_header(b, blkno, K_SUPER)
         sb = cls(*_SUPER.unpack_from(b, HEADER_SIZE))
-        if sb.version != VERSION:
+        if sb.version not in VERSIONS:
             raise CorruptImage(f"superblock {blkno}: unsupported format version {sb.version}", blkno)
         if sb.block_size != BLOCK_SIZE:
             raise CorruptImage(f"superblock {blkno}: block size {sb.block_size}, only {BLOCK_SIZE} is supported",
@@ -187,7 +188,15 @@ INLINE_EXTENTS = 4
 # extent_head u64 | dirent_head u64 | xattr_head u64 | parent u64 (directories)
 INODE = struct.Struct("<IIIIIIIIQQqqqQQQQQ")
 INODE_FIXED = INODE.size  # 112; the inline extent slots follow at this offset
-assert INODE_FIXED + INLINE_EXTENTS * 32 <= INODE_SIZE
+# Times. Version 2: the three time fields are whole seconds (signed), and their nanoseconds sit at
+# INODE_NSEC_OFFSET (atime, mtime, ctime: u32 each, below 10^9), so any time Linux passes fits.
+# Version 1: the time fields are nanoseconds since the epoch (1677-2262) and INODE_NSEC is zero;
+# times outside that range are clamped, as Linux clamps to a file system's s_time_min/max.
+INODE_NSEC = struct.Struct("<III")
+INODE_NSEC_OFFSET = INODE_FIXED + INLINE_EXTENTS * 32  # 240
+assert INODE_NSEC_OFFSET + INODE_NSEC.size <= INODE_SIZE
+V1_TIME_RANGE = (-(1 << 63), (1 << 63) - 1)  # nanoseconds
+TIME_RANGE = (-(1 << 63) * 10**9, ((1 << 63) - 1) * 10**9 + 10**9 - 1)  # nanoseconds, version 2
 
 ROOT_INO = 1  # pyfuse3.ROOT_INODE
 ORPHAN_INO = 2  # hidden directory listing unlinked-but-open inodes; replay frees them

@@ -11,11 +11,12 @@ question every acknowledgement asks (the daemon's write path, O_SYNC/O_DSYNC, fd
 
 from __future__ import annotations
 
+import stat
 from dataclasses import dataclass
 
 from daxfs.engine import format as fmt
 from daxfs.engine.core import BS, RESERVE, SLACK, now_ns
-from daxfs.engine.errors import DaxfsError
+from daxfs.engine.errors import CorruptImage, DaxfsError, FsError
 from daxfs.engine.extent import HOLE, IoMap
 from daxfs.engine.fault import Faults
 from daxfs.engine.pmem import PmemRegion
@@ -49,11 +50,12 @@ class FileSystem(Faults):
         was_dirty = sb.state != fmt.STATE_CLEAN
         replayed = 0
         if not readonly:
-            replayed = replay(region, sb)
+            replayed = len(replay(region, sb).transactions)
         elif was_dirty:
             raise DaxfsError(f"{region.path}: was not unmounted cleanly; mount it read-write once to replay "
                              "its journal")
         super().__init__(region, sb, readonly)
+        self._check_reserved()
         orphans = 0
         if not readonly:
             orphans = self._free_orphans()
@@ -63,6 +65,18 @@ class FileSystem(Faults):
             self.commit()  # orphan frees, before the superblock says "in use"
             write_superblock(region, sb)
         self.open_report = OpenReport(replayed, orphans, was_dirty)
+
+    def _check_reserved(self) -> None:
+        """The root and orphan directories must be there, or nothing else can be trusted."""
+        for ino, what in ((fmt.ROOT_INO, "root directory"), (fmt.ORPHAN_INO, "orphan directory")):
+            try:
+                inode = self.inode(ino)
+            except FsError:
+                raise CorruptImage(f"{self.region.path}: the {what} (inode {ino}) is marked free; "
+                                   "run daxfs fsck") from None
+            if not stat.S_ISDIR(inode.mode):
+                raise CorruptImage(f"{self.region.path}: the {what} (inode {ino}) is not a directory; "
+                                   "run daxfs fsck")
 
     @classmethod
     def open(cls, path: str, readonly: bool = False, durable: bool = True) -> "FileSystem":

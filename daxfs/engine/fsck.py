@@ -33,8 +33,8 @@ from daxfs.engine import format as fmt
 from daxfs.engine.errors import CorruptImage
 from daxfs.engine.fsck_inodes import BS, Claim, Dirent, InodeChecks
 from daxfs.engine.inode import Inode
-from daxfs.engine.pmem import PmemRegion
-from daxfs.engine.recovery import ReplayedImage, ScanResult, Stop
+from daxfs.engine.pmem import PmemRegion, image_in_use
+from daxfs.engine.recovery import ReplayedImage, ScanResult, Stop, lost_commits
 from daxfs.engine.runs import true_runs
 from daxfs.engine.superblock import check_geometry, read_superblock
 
@@ -85,6 +85,7 @@ class FsckReport:
     stats: FsckCounts = field(default_factory=FsckCounts)
     journal: JournalReport | None = None
     elapsed: float = 0.0
+    live: bool = False  # a daemon held the image: only what was on pmem then was checked
 
     @property
     def clean(self) -> bool:
@@ -97,12 +98,17 @@ class FsckReport:
                    f"{s.blocks_used}/{s.blocks_total} blocks")
         if self.journal and self.journal.pending:
             summary += f", {self.journal.pending} transactions to replay"
-        return [str(p) for p in self.problems] + [summary]
+        lines = [str(p) for p in self.problems] + [summary]
+        if self.live:
+            lines.append(f"{self.path} is mounted: this is the state on pmem now; what the daemon has not "
+                         "committed is not seen, and a commit in flight can show as errors (unmount for a "
+                         "full check)")
+        return lines
 
     def as_dict(self) -> dict[str, Any]:
         return {"image": self.path, "clean": self.clean, "problems": [asdict(p) for p in self.problems],
                 "stats": asdict(self.stats), "journal": asdict(self.journal) if self.journal else None,
-                "elapsed_seconds": round(self.elapsed, 3)}
+                "elapsed_seconds": round(self.elapsed, 3), "live": self.live}
 
 
 
@@ -112,6 +118,7 @@ def check(path: str) -> FsckReport:
     region = PmemRegion(path, writable=False)
     try:
         report = Checker(region, path).run()
+        report.live = image_in_use(path)
     finally:
         region.close()
     report.elapsed = time.monotonic() - t0
@@ -185,21 +192,10 @@ class Checker(InodeChecks):
         self.lost_commits(result)
 
     def lost_commits(self, result: ScanResult) -> None:
-        """A valid commit record at or past the sequence where the scan stopped: transactions are
-        written one after the other, so that transaction was whole once and replay would lose it."""
-        sb = self.sb
-        arr = self.region.view(sb.journal_start * BS, sb.journal_blocks * BS).reshape(sb.journal_blocks, BS)
-        magic = (arr[:, :4] == np.frombuffer(fmt.MAGIC, dtype=np.uint8)).all(axis=1)
-        kind = arr[:, fmt.KIND_OFFSET:fmt.KIND_OFFSET + 2].copy().view("<u2")[:, 0]
-        seq = arr[:, fmt.SEQ_OFFSET:fmt.SEQ_OFFSET + 8].copy().view("<u8")[:, 0]
-        for i in np.flatnonzero(magic & (kind == fmt.K_JCOMMIT) & (seq >= result.next_seq)):
-            blkno = sb.journal_start + int(i)
-            try:
-                fmt.read_header(arr[i].tobytes(), blkno, fmt.K_JCOMMIT)
-            except CorruptImage:
-                continue  # a damaged commit record commits nothing
-            self.problem("journal", f"transaction {int(seq[i])} committed at block {blkno} lies past where "
-                                    f"replay stops ({result.stop_reason}): its changes would be lost")
+        for seq, blkno in lost_commits(self.region, self.sb, result):
+            self.problem("journal", f"transaction {seq} committed at block {blkno} lies past where replay stops "
+                                    f"({result.stop_reason}): its changes would be lost (daxfs fsck --repair "
+                                    "keeps what replays and discards the rest)")
 
     # --- pass 3: bitmaps --------------------------------------------------------------------------
     def bitmaps(self) -> None:
@@ -263,7 +259,7 @@ class Checker(InodeChecks):
                                                  "was never written")
         for j in np.flatnonzero(alloc & blk_valid):
             raw = recs[j].tobytes()
-            self.records[lo + int(j)] = (Inode(*fmt.INODE.unpack_from(raw)), raw[fmt.INODE_FIXED:])
+            self.records[lo + int(j)] = (Inode.unpack(raw, 0, self.sb.version), raw[fmt.INODE_FIXED:])
 
     def table_headers(self, arr: np.ndarray, first_blk: int) -> tuple[np.ndarray, np.ndarray]:
         """(written, valid) per table block. mkfs leaves table blocks zero until their first inode."""

@@ -21,12 +21,11 @@ from daxfs.engine.chain import BadLink, links
 from daxfs.engine.directory import name_problem
 from daxfs.engine.errors import CorruptImage
 from daxfs.engine.extent import slot_problem
-from daxfs.engine.inode import Inode
+from daxfs.engine.inode import KNOWN_TYPES, Inode
 from daxfs.engine.recovery import ReplayedImage
 from daxfs.engine.xattr import unpack_xattrs
 
 BS = fmt.BLOCK_SIZE
-KNOWN_TYPES = {stat.S_IFREG, stat.S_IFDIR, stat.S_IFLNK, stat.S_IFIFO, stat.S_IFSOCK, stat.S_IFCHR, stat.S_IFBLK}
 
 
 @dataclass(slots=True)
@@ -65,8 +64,10 @@ class InodeChecks:
             del self.records[ino]
             return
         kind = stat.S_IFMT(rec.mode)
+        what = rec.problem(self.sb)
+        if what:
+            self.problem(where, what)
         if kind not in KNOWN_TYPES:
-            self.problem(where, f"unknown file type {kind:#o}")
             del self.records[ino]
             return
         nblocks = self.extents(ino, rec, inline)
@@ -77,8 +78,6 @@ class InodeChecks:
         elif rec.dirent_head:
             self.problem(where, f"{'symlink' if kind == stat.S_IFLNK else 'file'} has a directory chain")
         self.xattrs(ino, rec)
-        if kind == stat.S_IFLNK and not 0 < rec.size < BS:
-            self.problem(where, f"symlink of size {rec.size}")
 
     def extents(self, ino: int, rec: Inode, inline: bytes) -> int:
         """Check and claim the inode's extents; return the data blocks they map."""

@@ -11,6 +11,7 @@ above and loaded on first use, so opening a file system reads no inode at all.
 from __future__ import annotations
 
 import errno
+import stat
 from dataclasses import dataclass, field, fields
 from typing import Any
 
@@ -50,13 +51,56 @@ class Inode:
     unstable: UnstableMap = field(default_factory=UnstableMap)
     dirty_data: list[tuple[int, int]] = field(default_factory=list)  # pmem byte runs stored since fsync
 
-    def pack(self) -> bytes:
-        return fmt.INODE.pack(*(getattr(self, name) for name in RECORD_FIELDS))
+    def pack(self, version: int) -> tuple[bytes, bytes]:
+        """The record's fixed part and its nanoseconds (INODE_NSEC), as format `version` stores them."""
+        values = [getattr(self, name) for name in RECORD_FIELDS]
+        if version == 1:
+            return fmt.INODE.pack(*values), bytes(fmt.INODE_NSEC.size)
+        secs = [divmod(getattr(self, name), 10**9) for name in TIME_FIELDS]
+        for name, (s, _) in zip(TIME_FIELDS, secs):
+            values[RECORD_FIELDS.index(name)] = s
+        return fmt.INODE.pack(*values), fmt.INODE_NSEC.pack(*(ns for _, ns in secs))
+
+    @classmethod
+    def unpack(cls, raw: bytes | bytearray, off: int, version: int) -> "Inode":
+        """The record at raw[off:off + INODE_SIZE] (a table block, or one record at off 0)."""
+        inode = cls(*fmt.INODE.unpack_from(raw, off))
+        if version != 1:
+            for name, ns in zip(TIME_FIELDS, fmt.INODE_NSEC.unpack_from(raw, off + fmt.INODE_NSEC_OFFSET)):
+                setattr(inode, name, getattr(inode, name) * 10**9 + ns)
+        return inode
+
+    def problem(self, sb: fmt.Superblock) -> str:
+        """What makes this record one the engine must not use ("" if nothing): the bounds the format
+        sets on every field. Loading refuses such an inode (EIO for that file); fsck reports it."""
+        if stat.S_IFMT(self.mode) not in KNOWN_TYPES:
+            return f"unknown file type {stat.S_IFMT(self.mode):#o}"
+        if self.size > fmt.MAX_FILE_BLOCKS * fmt.BLOCK_SIZE:
+            return f"size {self.size} is past the largest file"
+        if self.blocks > sb.total_blocks - sb.data_start:
+            return f"blocks field {self.blocks} is more than the data area holds"
+        for name in ("extent_head", "dirent_head", "xattr_head"):
+            head = getattr(self, name)
+            if head and not sb.data_start <= head < sb.total_blocks:
+                return f"{name} {head} is outside the data area"
+        if stat.S_ISDIR(self.mode) and not 0 < self.parent < sb.inode_count:
+            return f"parent {self.parent} is no inode"
+        if stat.S_ISLNK(self.mode) and not 0 < self.size < fmt.BLOCK_SIZE:
+            return f"symlink of size {self.size}"
+        return ""
 
 
 # The fields of the on-image record, in fmt.INODE's order (the rest of Inode lives in memory only).
 RECORD_FIELDS = tuple(f.name for f in fields(Inode))[:len(fmt.INODE.format) - 1]
 assert RECORD_FIELDS[-1] == "parent"
+TIME_FIELDS = ("atime_ns", "mtime_ns", "ctime_ns")  # fmt.INODE_NSEC's order
+KNOWN_TYPES = {stat.S_IFREG, stat.S_IFDIR, stat.S_IFLNK, stat.S_IFIFO, stat.S_IFSOCK, stat.S_IFCHR, stat.S_IFBLK}
+
+
+def clamp_time(ns: int, version: int) -> int:
+    """A time as format `version` can store it: clamped to its range, as Linux clamps to s_time_max."""
+    lo, hi = fmt.V1_TIME_RANGE if version == 1 else fmt.TIME_RANGE
+    return min(max(ns, lo), hi)
 
 
 class InodeTable:
@@ -81,16 +125,21 @@ class InodeTable:
         if raw[:4] != fmt.MAGIC:
             raise CorruptImage(f"inode {ino} is allocated but its table block {blk} was never written", blk)
         fmt.read_header(raw, blk, fmt.K_INODES, check_crc=blk not in self.journal.cache)
-        inode = Inode(*fmt.INODE.unpack_from(raw, off))
+        inode = Inode.unpack(raw, off, self.sb.version)
         if inode.ino != ino:
             raise CorruptImage(f"inode {ino}: record in block {blk} says it is inode {inode.ino}", blk)
+        what = inode.problem(self.sb)
+        if what:
+            raise CorruptImage(f"inode {ino}: {what}", blk)
         self.cache[ino] = inode
         return inode
 
     def save(self, inode: Inode) -> None:
         blk, off = self.location(inode.ino)
         buf = self._table_block(blk)
-        buf[off:off + fmt.INODE_FIXED] = inode.pack()
+        fixed, nsec = inode.pack(self.sb.version)
+        buf[off:off + fmt.INODE_FIXED] = fixed
+        buf[off + fmt.INODE_NSEC_OFFSET:off + fmt.INODE_NSEC_OFFSET + fmt.INODE_NSEC.size] = nsec
 
     def _table_block(self, blk: int) -> bytearray:
         raw = self.journal.read(blk)

@@ -9,7 +9,7 @@ from daxfs.engine import format as fmt
 from daxfs.engine.core import BS, now_ns
 from daxfs.engine.errors import DaxfsError
 from daxfs.engine.inode import Inode
-from daxfs.engine.pmem import PmemRegion
+from daxfs.engine.pmem import PmemRegion, image_in_use, where_mounted
 from daxfs.engine.superblock import write_superblock
 
 
@@ -34,6 +34,8 @@ def mkfs(path: str, size: int, inodes: int | None = None, journal_blocks: int | 
     data_start = 2 + journal_blocks + ibitmap + bitmap + itable
     if data_start + 16 > total:
         raise DaxfsError(f"size {size} is too small for {inodes} inodes and a {journal_blocks}-block journal")
+    if os.path.isfile(path) and image_in_use(path):  # even with force: reformatting under a daemon
+        raise DaxfsError(f"{path} is in use by a mounted daxfs{where_mounted(path)}; unmount it first")
     if os.path.exists(path) and not force:
         existing = os.path.getsize(path) if os.path.isfile(path) else -1
         if existing != 0:
@@ -60,7 +62,9 @@ def mkfs(path: str, size: int, inodes: int | None = None, journal_blocks: int | 
         rec = Inode(ino, generation=1, mode=mode, uid=uid, gid=gid, nlink=2, atime_ns=t, mtime_ns=t, ctime_ns=t,
                     parent=parent)
         _, off = fmt.inode_location(sb.itable_start, ino)
-        table[off:off + fmt.INODE_FIXED] = rec.pack()
+        fixed, nsec = rec.pack(sb.version)
+        table[off:off + fmt.INODE_FIXED] = fixed
+        table[off + fmt.INODE_NSEC_OFFSET:off + fmt.INODE_NSEC_OFFSET + fmt.INODE_NSEC.size] = nsec
     region.store(sb.itable_start * BS, fmt.seal(table))
     region.persist(0, region.size)
     write_superblock(region, sb)  # generation 1 -> block 1

@@ -17,13 +17,15 @@ only daemon kills, not host crashes, are to be survived. docs/design.md gives th
 
 from __future__ import annotations
 
+import fcntl
 import mmap
 import os
+import time
 
 import numpy as np
 
 from daxfs.engine.errors import DaxfsError
-from daxfs.engine.mounttab import fs_type
+from daxfs.engine.mounttab import fs_type, mounts
 
 PAGE = mmap.PAGESIZE
 _PWRITE_MIN = 64 * 1024
@@ -120,3 +122,41 @@ class PmemRegion:
             del self.mem
             self.mem = None  # type: ignore[assignment]
 
+
+def lock_image(path: str, wait: float = 0.0) -> int:
+    """An fd holding an exclusive flock on the image: a daemon holds it while mounted, so that no second
+    daemon, mkfs or repair can open it underneath. DaxfsError if it is held still after `wait` seconds
+    (a daemon that was just unmounted may still be checkpointing)."""
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    deadline = time.monotonic() + wait
+    while True:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return fd
+        except BlockingIOError:
+            if time.monotonic() >= deadline:
+                os.close(fd)
+                raise DaxfsError(f"{path} is in use by a mounted daxfs{where_mounted(path)} (unmount it first)") from None
+            time.sleep(0.05)
+
+
+def image_in_use(path: str) -> bool:
+    """Does a daemon hold the image (lock_image)? Asks without taking the lock from anyone."""
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        return False
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)
+
+
+def where_mounted(path: str) -> str:
+    """' on MOUNTPOINT' for the daxfs mounts of this image that this process can see, or ''."""
+    real = os.path.realpath(path)
+    try:
+        targets = [m["target"] for m in mounts() if m["fstype"] == "fuse.daxfs" and m["source"] == real]
+    except OSError:
+        targets = []
+    return f" on {', '.join(targets)}" if targets else ""

@@ -10,13 +10,21 @@ Passes (as jbd2's recovery):
   advance move the tail past the replayed transactions (superblock, persisted).
 
 Replay is idempotent: a crash in the middle of it replays the same transactions again next time.
+
+Two rules keep a damaged journal from doing harm (as jbd2 keeps them):
+  * Sequence numbers only grow. After replay, the next transaction's sequence is beyond every sequence
+    present anywhere in the journal area (seq_ceiling), so no stale block of an earlier lap, or of
+    transactions cut off by damage, can ever be chained into a later replay.
+  * Damage does not pass silently. When the scan stops short of committed transactions that lie
+    beyond it (lost_commits), replay refuses (JournalDamaged) unless asked to discard them:
+    `daxfs fsck --repair` does, and reports exactly what was lost.
 """
 
 from __future__ import annotations
 
 import enum
 import struct
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -48,6 +56,7 @@ class ScanResult:
     next_seq: int
     stop: Stop
     detail: str  # where the scan stopped, for people
+    seqs: list[int] = field(default_factory=list)  # the committed transactions' sequence numbers
 
     @property
     def stop_reason(self) -> str:
@@ -58,6 +67,7 @@ def scan(region: PmemRegion, sb: fmt.Superblock) -> ScanResult:
     start, size = sb.journal_start, sb.journal_blocks
     pos, seq = sb.journal_tail, sb.journal_seq
     txns: list[dict[int, bytes]] = []
+    seqs: list[int] = []
     scanned = 0
 
     def block(p: int) -> tuple[int, bytes]:
@@ -90,6 +100,7 @@ def scan(region: PmemRegion, sb: fmt.Superblock) -> ScanResult:
                     stop = Stop.TORN, f"transaction {seq}"
                     break
                 txns.append(images)
+                seqs.append(seq)
                 scanned += p - pos
                 pos, seq = p, seq + 1
                 break
@@ -108,19 +119,70 @@ def scan(region: PmemRegion, sb: fmt.Superblock) -> ScanResult:
                 images[home] = image
                 p += 1
         if stop is not None:
-            return ScanResult(txns, pos % size, seq, *stop)
+            return ScanResult(txns, pos % size, seq, *stop, seqs)
 
 
-def replay(region: PmemRegion, sb: fmt.Superblock) -> int:
-    """Replay what the journal holds past its tail; return how many transactions were replayed."""
+class JournalDamaged(CorruptImage):
+    """Replay stops at damage while committed transactions lie beyond it."""
+
+    def __init__(self, path: str, result: ScanResult, lost: list[tuple[int, int]]) -> None:
+        self.result, self.lost = result, lost
+        at = result.detail or "the tail"
+        super().__init__(f"{path}: journal damaged: {len(lost)} committed transaction"
+                         f"{'s' * (len(lost) != 1)} after {at} would be lost ({result.stop.value}); "
+                         f"run daxfs fsck --repair to keep what replays and discard them")
+
+
+def journal_blocks(region: PmemRegion, sb: fmt.Superblock) -> np.ndarray:
+    """The journal area as a (journal_blocks, BLOCK_SIZE) array (a view: read only)."""
+    bs = fmt.BLOCK_SIZE
+    return region.view(sb.journal_start * bs, sb.journal_blocks * bs).reshape(sb.journal_blocks, bs)
+
+
+def _verified(region: PmemRegion, sb: fmt.Superblock, kinds: tuple[int, ...]) -> list[tuple[int, int]]:
+    """(seq, block number) of every journal block of one of `kinds` whose header verifies."""
+    arr = journal_blocks(region, sb)
+    magic = (arr[:, :4] == np.frombuffer(fmt.MAGIC, dtype=np.uint8)).all(axis=1)
+    kind = arr[:, fmt.KIND_OFFSET:fmt.KIND_OFFSET + 2].copy().view("<u2")[:, 0]
+    seq = arr[:, fmt.SEQ_OFFSET:fmt.SEQ_OFFSET + 8].copy().view("<u8")[:, 0]
+    out = []
+    for i in np.flatnonzero(magic & np.isin(kind, kinds)):
+        blkno = sb.journal_start + int(i)
+        try:
+            fmt.read_header(arr[i].tobytes(), blkno)
+        except CorruptImage:
+            continue  # a damaged block commits nothing and numbers nothing
+        out.append((int(seq[i]), blkno))
+    return out
+
+
+def lost_commits(region: PmemRegion, sb: fmt.Superblock, result: ScanResult) -> list[tuple[int, int]]:
+    """(seq, block) of valid commit records at or past the sequence where the scan stopped: sequences
+    only grow, so each was a whole transaction written after the last one replay reaches."""
+    return sorted((seq, blk) for seq, blk in _verified(region, sb, (fmt.K_JCOMMIT,)) if seq >= result.next_seq)
+
+
+def seq_ceiling(region: PmemRegion, sb: fmt.Superblock) -> int:
+    """One past the highest sequence number of any valid descriptor or commit record in the journal."""
+    return max((seq for seq, _ in _verified(region, sb, (fmt.K_JDESC, fmt.K_JCOMMIT))), default=0) + 1
+
+
+def replay(region: PmemRegion, sb: fmt.Superblock, discard_lost: bool = False) -> ScanResult:
+    """Replay what the journal holds past its tail, then move the tail past it with the next sequence
+    beyond every one in the journal. JournalDamaged if committed transactions lie past where the scan
+    stops, unless discard_lost: then they are dropped (the caller reports them from the result)."""
     result = scan(region, sb)
-    if not result.transactions:
-        return 0
-    write_home(region, newest_images(result.transactions))
-    crashpoint.hit("replay.applied")
-    sb.journal_tail, sb.journal_seq = result.end, result.next_seq
-    write_superblock(region, sb)
-    return len(result.transactions)
+    lost = lost_commits(region, sb, result)
+    if lost and not discard_lost:
+        raise JournalDamaged(region.path, result, lost)
+    if result.transactions:
+        write_home(region, newest_images(result.transactions))
+        crashpoint.hit("replay.applied")
+    next_seq = max(result.next_seq, seq_ceiling(region, sb))
+    if result.transactions or next_seq != sb.journal_seq:
+        sb.journal_tail, sb.journal_seq = result.end, next_seq
+        write_superblock(region, sb)
+    return result
 
 
 class ReplayedImage:

@@ -19,6 +19,7 @@ from daxfs.engine.inode import Inode
 XATTR_CREATE = 1
 XATTR_REPLACE = 2
 MAP_SYNC_XATTR = b"user.daxfs.map_sync"
+NAMESPACES = (b"user.", b"trusted.", b"security.", b"system.")
 _XA = struct.Struct("<BI")
 
 
@@ -55,6 +56,8 @@ class Xattrs(Attributes):
         inode = self.inode(ino)
         if not name or len(name) > fmt.MAX_NAME:
             raise FsError(errno.ERANGE)
+        if name_problem(name):
+            raise FsError(errno.EINVAL, name_problem(name))
         if name == MAP_SYNC_XATTR:
             exists = bool(inode.flags & fmt.FLAG_MAP_SYNC)
             _check_xattr_flags(flags, exists)
@@ -125,8 +128,22 @@ def unpack_xattrs(blob: bytes, ino: int) -> dict[bytes, bytes]:
         pos += _XA.size
         if nl == 0 or pos + nl + vl > len(blob):
             raise CorruptImage(f"inode {ino}: bad extended attribute lengths")
-        out[blob[pos:pos + nl]] = blob[pos + nl:pos + nl + vl]
+        name = blob[pos:pos + nl]
+        what = name_problem(name) or ("a second attribute of that name" if name in out else "")
+        if what:
+            raise CorruptImage(f"inode {ino}: extended attribute {name!r}: {what}")
+        out[name] = blob[pos + nl:pos + nl + vl]
         pos += nl + vl
     return out
+
+
+def name_problem(name: bytes) -> str:
+    """What the kernel would refuse in an attribute name ("" if nothing): listxattr hands names out
+    NUL-separated, so a NUL inside one breaks every listing."""
+    if b"\0" in name:
+        return "name contains NUL"
+    if not name.startswith(NAMESPACES):
+        return "name has no namespace (user., trusted., security., system.)"
+    return ""
 
 

@@ -12,8 +12,10 @@ import subprocess
 import time
 
 import pytest
-from helpers import (DAXFS, MiB, assert_one_line_error, daxfs, errno_of, is_mounted, mount_entry, pid_alive,
-                     read_file, wait_dead, wait_until, write_file)
+
+from daxfs.engine import format as fmt
+from helpers import (DAXFS, MiB, assert_one_line_error, daxfs, errno_of, flip, is_mounted, load, mount_entry,
+                     pid_alive, read_file, superblock, wait_dead, wait_until, write_file)
 
 
 pytestmark = pytest.mark.mount
@@ -187,6 +189,44 @@ def test_an_image_is_mounted_once_even_read_only(daxmount, tmp_path):
     p = daxfs("mount", m.image, other, "-o", "ro")
     assert_one_line_error(p, "in use by a mounted daxfs")
     assert not is_mounted(other) and m.answers()
+
+
+def test_mkfs_refuses_a_mounted_image_even_with_force_and_fsck_says_it_is_live(daxmount):
+    m = daxmount()
+    write_file(j(m.mnt, "f"), b"keep", fsync=True)
+    p = daxfs("mkfs", m.image, "--size", "64M", "--force")
+    assert_one_line_error(p, "in use by a mounted daxfs", m.mnt)
+    assert read_file(j(m.mnt, "f")) == b"keep"
+    p = daxfs("fsck", m.image)
+    assert p.returncode == 0 and "is mounted: this is the state on pmem now" in p.stdout, p.stdout
+    p = daxfs("fsck", "--repair", m.image)  # a repair never runs under a daemon
+    assert p.returncode == 8 and "in use by a mounted daxfs" in p.stderr
+
+
+def test_mount_refuses_a_damaged_journal_until_fsck_repair_says_what_it_discarded(daxmount):
+    m = daxmount("commit=60")
+    for i in range(3):
+        write_file(j(m.mnt, f"f{i}"), b"%d" % i, fsync=True)  # one committed transaction each, at least
+    m.crash()
+    sb = superblock(m.image)
+    commits = [b for b in range(sb.journal_start + sb.journal_tail, sb.journal_start + sb.journal_blocks)
+               if load(m.image, b)[:4] == fmt.MAGIC and fmt.header_kind(load(m.image, b)) == fmt.K_JCOMMIT]
+    assert len(commits) >= 3
+    flip(m.image, sb.journal_start + sb.journal_tail + 1, 3000)  # inside the first transaction's images
+    p = m.mount(check=False)
+    assert_one_line_error(p, "journal damaged", "committed transactions", "daxfs fsck --repair")
+    assert not is_mounted(m.mnt)
+    p = daxfs("fsck", m.image)
+    assert p.returncode == 4 and "lies past where replay stops" in p.stdout
+    p = daxfs("fsck", "--repair", m.image)
+    assert p.returncode == 1, p.stdout + p.stderr
+    assert "discarded" in p.stdout and p.stdout.count("lost transaction") == len(commits)
+    assert p.stdout.splitlines()[-1].startswith(f"{m.image}: clean")
+    m.mount()
+    write_file(j(m.mnt, "after"), b"a", fsync=True)
+    m.crash()
+    m.mount()  # no discarded transaction comes back
+    assert sorted(os.listdir(m.mnt)) == ["after"]
 
 
 def test_ro_mount_of_a_dirty_image_is_refused(daxmount):

@@ -9,8 +9,8 @@ import pytest
 from daxfs.engine import format as fmt
 from daxfs.engine.errors import FsError
 from daxfs.engine.extent import WRITTEN
-from daxfs.engine.core import RESERVE
-from helpers import crash, mkfile, reopen
+from daxfs.engine.core import RESERVE, SLACK
+from helpers import crash, mkfile, pattern, reopen
 
 
 BS = fmt.BLOCK_SIZE
@@ -57,30 +57,50 @@ def test_interleaved_files_each_stay_contiguous_where_room_allows(fs):
     assert len(fs.inode(a).extents) <= 2 and len(fs.inode(b).extents) <= 2
 
 
-def test_a_write_larger_than_free_space_fails_whole_and_changes_nothing(fs):
+def test_a_write_larger_than_free_space_writes_what_fits_then_enospc_changes_nothing(fs):
+    """POSIX: a write that runs out of space writes what fits and returns the short count; only a
+    write of which nothing fits fails, and that one changes nothing at all."""
     ino = mkfile(fs, b"small", b"keep" * 100)
     fs.commit()
+    free_now = fs.alloc.blocks.free_now
+    room = free_now - SLACK - RESERVE  # what an operation that frees nothing may take
+    data = pattern(1, (free_now + 1) * BS)
+    n = fs.write(ino, BS, data)
+    assert n == room * BS, (n, room)
+    assert fs.read(ino, BS, n) == data[:n] and fs.inode(ino).size == BS + n
+    fs.commit()
     free_now, free_disk = fs.alloc.blocks.free_now, fs.statfs().blocks_free
-    before_map = fs.map(ino)
-    before_size = fs.inode(ino).size
+    before_map, before_size = fs.map(ino), fs.inode(ino).size
     dirty = set(fs.journal.running.blocks)
     with pytest.raises(FsError) as e:
-        fs.write(ino, BS, b"x" * ((free_now + 1) * BS))
+        fs.write(ino, BS + n, b"x" * BS)
     assert e.value.errno == errno.ENOSPC
     assert fs.alloc.blocks.free_now == free_now and fs.statfs().blocks_free == free_disk
     assert fs.map(ino) == before_map and fs.inode(ino).size == before_size
     assert set(fs.journal.running.blocks) == dirty  # not even a bitmap block was touched
+    assert fs.write(ino, 0, b"over") == 4  # overwriting allocated blocks needs no space
     with pytest.raises(FsError) as e:
-        fs.prealloc(ino, 0, (free_now + 1) * BS)
+        fs.prealloc(ino, BS + n, BS)
     assert e.value.errno == errno.ENOSPC
-    assert fs.map(ino) == before_map and fs.alloc.blocks.free_now == free_now
+    assert fs.alloc.blocks.free_now == free_now
+
+
+def test_a_write_past_the_largest_file_is_short_and_one_wholly_past_it_is_efbig(fs):
+    ino = mkfile(fs, b"big")
+    limit = fmt.MAX_FILE_BLOCKS * BS
+    assert fs.write(ino, limit - 10, b"y" * 100) == 10
+    assert fs.inode(ino).size == limit
+    with pytest.raises(FsError) as e:
+        fs.write(ino, limit, b"z")
+    assert e.value.errno == errno.EFBIG
 
 
 def test_enospc_on_a_full_image_then_the_image_still_works(fs):
     big = fill(fs, b"big", leave=6)
     more = mkfile(fs, b"more")
+    assert fs.write(more, 0, b"y" * (8 * BS)) == (6 - SLACK) * BS  # short: what fits
     with pytest.raises(FsError) as e:
-        fs.write(more, 0, b"y" * (8 * BS))
+        fs.write(more, (6 - SLACK) * BS, b"y" * BS)
     assert e.value.errno == errno.ENOSPC
     fs.truncate(big, 16 * BS)
     fs.commit()

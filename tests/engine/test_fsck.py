@@ -373,6 +373,13 @@ def test_xattr_blob_that_does_not_parse(img):
 
 
 # --- directories ------------------------------------------------------------------------------------
+def test_xattr_name_with_a_nul_byte(img):
+    path, tree = img
+    head = record(path, tree.xa).xattr_head
+    edit(path, head, lambda b: b.__setitem__(fmt.HEADER_SIZE + 5 + 4, 0))  # a NUL inside the first name
+    assert any(f"inode {tree.xa}: extended attribute" in p and "NUL" in p for p in problems(path))
+
+
 def test_entry_naming_a_free_inode(img):
     path, tree = img
     free = tree.fifo + 1

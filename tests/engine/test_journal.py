@@ -14,7 +14,9 @@ from daxfs.engine.crashpoint import PowerCut
 from daxfs.engine.errors import CorruptImage, NotDaxfs
 from daxfs.engine.fs import FileSystem
 from daxfs.engine.pmem import PmemRegion
-from daxfs.engine.recovery import scan
+from daxfs.engine.fsck import check
+from daxfs.engine.recovery import JournalDamaged, scan, seq_ceiling
+from daxfs.engine.repair import repair_journal
 from daxfs.engine.superblock import read_superblock, write_superblock
 from daxfs.testing.power import CrashRegion
 from helpers import crash, mkfile, power_cut, reopen
@@ -106,13 +108,16 @@ def test_a_cut_after_the_commit_record_is_persisted_keeps_the_transaction(image,
     g.close()
 
 
-def test_a_journal_block_with_a_flipped_bit_ends_replay_at_the_transaction_before(image):
+def test_damage_before_committed_transactions_refuses_the_open_until_a_repair_discards_them(image):
+    """A flipped bit in the second of three committed transactions: replay would keep the first and
+    silently lose the other two. The open refuses instead; --repair keeps what replays, reports what
+    it discarded, and resets the journal so that nothing discarded comes back after a later crash."""
     f = reopen(image)
     made = commit_files(f, 1)
     start = f.journal.head
     mkfile(f, b"second", b"2")
     f.commit()
-    mkfile(f, b"third", b"3")  # after the damaged one: replay must stop before it too
+    mkfile(f, b"third", b"3")  # after the damaged one: lost with it
     f.commit()
     crash(f)
     sb = read_superblock(PmemRegion(image, writable=False))
@@ -120,9 +125,34 @@ def test_a_journal_block_with_a_flipped_bit_ends_replay_at_the_transaction_befor
     first_image = (sb.journal_start + start + 1) * fmt.BLOCK_SIZE  # the block after "second"'s descriptor
     r.store(first_image + 3000, bytes([r.load(first_image + 3000, 1)[0] ^ 0x10]))
     r.close()
+    with pytest.raises(JournalDamaged) as e:
+        reopen(image)
+    assert "2 committed transactions" in str(e.value) and "fsck --repair" in str(e.value)
+    assert len(check(image).problems) == 2
+    report = repair_journal(image)
+    assert report.replayed == 1 and [x.seq for x in report.lost] == [sb.journal_seq + 1, sb.journal_seq + 2]
+    assert check(image).clean
     g = reopen(image)
-    assert g.open_report.replayed == 1  # commit.py I3: the crc over the images no longer matches
-    assert root_files(g) == made
+    assert g.open_report.replayed == 0  # the repair replayed it already
+    assert root_files(g) == made  # commit.py I3: "second" failed its crc, "third" went with it
+    mkfile(g, b"fourth", b"4")
+    g.commit()
+    crash(g)
+    h = reopen(image)  # the new transaction must not be chained into the discarded ones
+    assert root_files(h) == {**made, b"fourth": b"4"} and h.open_report.replayed == 1
+    h.close()
+    assert check(image).clean
+
+
+def test_after_replay_new_transactions_are_numbered_past_every_sequence_in_the_journal(image):
+    f = reopen(image)
+    commit_files(f, 3)
+    crash(f)
+    r = PmemRegion(image, writable=False)
+    ceiling = seq_ceiling(r, read_superblock(r))
+    r.close()
+    g = reopen(image)
+    assert g.journal.running_tid >= ceiling
     g.close()
 
 
