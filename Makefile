@@ -7,25 +7,32 @@ APT_PKGS := fuse3 libfuse3-dev pkg-config
 
 .PHONY: test deps venv helper demo crash bench clean
 
+APT_WAIT := 600  # seconds to wait for another apt-get (unattended-upgrades on a fresh machine)
+
 deps:  ## system packages pyfuse3 compiles against and fusermount3 (needs root on a fresh Debian machine)
 	@missing=""; for p in $(APT_PKGS); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
 	if [ -n "$$missing" ]; then \
 	  echo "installing:$$missing"; \
 	  if [ "$$(id -u)" != 0 ]; then SUDO=sudo; fi; \
-	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq $$missing; \
+	  $$SUDO apt-get -o DPkg::Lock::Timeout=$(APT_WAIT) update -qq && \
+	  DEBIAN_FRONTEND=noninteractive $$SUDO apt-get -o DPkg::Lock::Timeout=$(APT_WAIT) install -y -qq $$missing; \
 	fi
 
 $(STAMP): pyproject.toml | deps
 	python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e '.[dev]'
+	$(PY) -m pip install -q -e '.[dev,plot]'
 	touch $(STAMP)
 
 venv: deps $(STAMP) helper
 
 helper: $(STAMP)  ## `mount -t fuse.daxfs` and fstab find /sbin/mount.fuse.daxfs (root only; skipped otherwise)
-	@if [ "$$(id -u)" = 0 ] && [ ! -e /sbin/mount.fuse.daxfs -o -L /sbin/mount.fuse.daxfs ]; then \
-	  ln -sf "$$(realpath $(VENV))/bin/mount.fuse.daxfs" /sbin/mount.fuse.daxfs; fi
+	@want="$$(realpath $(VENV))/bin/mount.fuse.daxfs"; have="$$(readlink /sbin/mount.fuse.daxfs 2>/dev/null)"; \
+	if [ "$$(id -u)" != 0 ]; then echo "not root: /sbin/mount.fuse.daxfs not installed (mount -t fuse.daxfs needs it)"; \
+	elif [ -e /sbin/mount.fuse.daxfs ] && [ ! -L /sbin/mount.fuse.daxfs ]; then \
+	  echo "/sbin/mount.fuse.daxfs is not ours (not a symlink): left as it is"; \
+	elif [ "$$have" != "$$want" ]; then ln -sf "$$want" /sbin/mount.fuse.daxfs; \
+	  echo "/sbin/mount.fuse.daxfs -> $$want$${have:+ (was $$have)}"; fi
 
 test: venv  ## unit tests, integration tests on real mounts, a short crash campaign
 	$(VENV)/bin/lint-imports

@@ -10,6 +10,7 @@ import functools
 import json
 import os
 import sys
+import time
 
 import click
 
@@ -21,6 +22,12 @@ from daxfs.engine.errors import DaxfsError
 def fail(message: str, code: int = 1) -> None:
     click.echo(f"daxfs: {message}", err=True)
     sys.exit(code)
+
+
+def quiet_exit_on_closed_pipe() -> None:
+    """The reader went away (`daxfs inspect IMG | head`): stop quietly, as coreutils do."""
+    os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # nothing left to flush at exit
+    sys.exit(141)  # 128 + SIGPIPE, what a shell reports for cat | head
 
 
 def friendly(code: int = 1):
@@ -36,6 +43,8 @@ def friendly(code: int = 1):
                 fail(f"{e.filename + ': ' if e.filename else ''}{e.strerror or e}", code)
             except KeyboardInterrupt:
                 fail("interrupted", 130)
+            except BrokenPipeError:
+                quiet_exit_on_closed_pipe()
         return inner
     return wrap
 
@@ -46,7 +55,7 @@ def main() -> None:
     """daxfs: a FUSE file system emulating DAX on persistent memory with MAP_SYNC semantics."""
 
 
-@main.command()
+@main.command(short_help='Create an image (a sparse file, mode 0600).')
 @click.argument("image", type=click.Path(dir_okay=False))
 @click.option("--size", "-s", type=SizeType(), required=True, help="image size: 256M, 4G, ...")
 @click.option("--inodes", type=int, default=None, help="inode count (default: one per 16 KiB)")
@@ -63,7 +72,7 @@ def mkfs(image: str, size: int, inodes: int | None, journal_size: int | None, fo
                f"{sb.inode_count} inodes, journal {sb.journal_blocks} blocks")
 
 
-@main.command()
+@main.command(short_help='Check an image; --repair a damaged journal.')
 @click.argument("image")
 @click.option("--json", "as_json", is_flag=True, help="machine-readable report")
 @click.option("--repair", is_flag=True, help="keep what a damaged journal replays, discard the committed transactions "
@@ -92,7 +101,7 @@ def fsck(image: str, as_json: bool, repair: bool) -> None:
     sys.exit(4 if not report.clean else 1 if fixed is not None and fixed.changed else 0)
 
 
-@main.command()
+@main.command(short_help='Geometry, usage and journal state of an image.')
 @click.argument("image")
 @click.option("--json", "as_json", is_flag=True, help="machine-readable output")
 @friendly()
@@ -109,27 +118,32 @@ def inspect(image: str, as_json: bool) -> None:
             click.echo(f"{k:<{width}}  {v}")
 
 
-@main.command()
+@main.command(short_help='Mount an image; returns once the mount answers.')
 @click.argument("image", type=click.Path(dir_okay=False))
 @click.argument("mountpoint", type=click.Path())
 @click.option("-o", "options", multiple=True, metavar="OPT[,OPT...]",
               help="map_sync, commit=SECONDS (default 5), ro, allow_other, debug, nomsync, log=FILE, crash_at=POINT:N")
 @click.option("-f", "foreground", is_flag=True, help="stay in the foreground")
+@click.option("--quiet", "-q", is_flag=True, help="print nothing on success, as mount(8) helpers do")
 @click.option("--ready-fd", type=int, default=None, hidden=True)
 @friendly()
-def mount(image: str, mountpoint: str, options: tuple[str, ...], foreground: bool, ready_fd: int | None) -> None:
+def mount(image: str, mountpoint: str, options: tuple[str, ...], foreground: bool, quiet: bool,
+          ready_fd: int | None) -> None:
     """Mount IMAGE on MOUNTPOINT; returns once the mount answers (the daemon logs to IMAGE.log)."""
     from daxfs.daemon import mount as daemon
     from daxfs.daemon.options import parse_options
+    from daxfs.engine.pmem import lock_image
 
     opts = parse_options(list(options))
     image, mountpoint = os.path.abspath(image), os.path.abspath(mountpoint)
     if not os.path.isfile(image):
-        raise DaxfsError(f"{image}: no such image")
-    if not os.path.isdir(mountpoint):
-        raise DaxfsError(f"{mountpoint}: not a directory")
+        raise DaxfsError(f"{image}: no such image" if not os.path.exists(image) else f"{image}: not a regular file")
+    daemon.check_mountpoint(mountpoint)
     if not foreground:
-        sys.exit(daemon.start_background(image, mountpoint, opts, click.echo,
+        # Here, not in the daemon: a refusal must not land in the log of the daemon that holds the
+        # image. A daemon just unmounted with umount(8) may still be checkpointing: wait for it.
+        os.close(lock_image(image, wait=LOCK_WAIT))
+        sys.exit(daemon.start_background(image, mountpoint, opts, (lambda line: None) if quiet else click.echo,
                                          functools.partial(click.echo, err=True)))
     ready = os.fdopen(ready_fd, "w", buffering=1) if ready_fd is not None else None
 
@@ -150,6 +164,9 @@ def mount(image: str, mountpoint: str, options: tuple[str, ...], foreground: boo
         raise
 
 
+LOCK_WAIT = 30.0  # seconds a mount waits for a previous daemon of the image to finish exiting
+
+
 def _log_to_stderr(debug: bool) -> None:
     import logging
 
@@ -157,7 +174,7 @@ def _log_to_stderr(debug: bool) -> None:
                         format="%(asctime)s daxfs[%(process)d] %(levelname)s %(message)s")
 
 
-@main.command()
+@main.command(short_help='Commit, checkpoint, mark clean and unmount.')
 @click.argument("mountpoint", type=click.Path())
 @click.option("--lazy", "-l", is_flag=True, help="detach now even if files are open (umount -l)")
 @friendly()
@@ -179,7 +196,7 @@ def _xattr(path: str, name: str) -> bytes:
         raise
 
 
-@main.command()
+@main.command(short_help="The daemon's counters and latency histograms.")
 @click.argument("mountpoint", type=click.Path())
 @click.option("--json", "as_json", is_flag=True, help="machine-readable output")
 @friendly()
@@ -191,6 +208,7 @@ def stats(mountpoint: str, as_json: bool) -> None:
         click.echo(json.dumps(d, indent=2))
         return
     hists = {k: d.pop(k) for k in list(d) if k.endswith("_latency")}
+    d["started"] = time.strftime("%Y-%m-%d %H:%M:%S %Z", time.localtime(d["started"]))
     width = max(len(k) for k in d)
     for k, v in d.items():
         click.echo(f"{k:<{width}}  {v}")
@@ -200,7 +218,7 @@ def stats(mountpoint: str, as_json: bool) -> None:
             click.echo(f"  {line}")
 
 
-@main.command(name="map")
+@main.command(name="map", short_help="A file's extents and their stability (filefrag -v).")
 @click.argument("file", type=click.Path(dir_okay=False))
 @click.option("--json", "as_json", is_flag=True, help="machine-readable output")
 @friendly()
@@ -213,7 +231,8 @@ def map_cmd(file: str, as_json: bool) -> None:
     bs = d["block_size"]
     nblocks = (d["size"] + bs - 1) // bs
     click.echo(f"File size of {file} is {d['size']} ({nblocks} block{'s' * (nblocks != 1)} of {bs} bytes), "
-               f"{d['blocks']} allocated{', i_size unstable' if d['size_unstable'] else ''}")
+               f"{d['blocks']} allocated{', i_size unstable' if d['size_unstable'] else ''}; offsets and lengths "
+               f"in {bs}-byte blocks")
     click.echo(" ext:     logical_offset:        pmem_offset: length:  state:     stability:")
     for i, (lblk, n, pblk, state, stable) in enumerate(d["extents"]):
         phys = f"{pblk}..{pblk + n - 1}" if pblk is not None else "-"
@@ -223,7 +242,7 @@ def map_cmd(file: str, as_json: bool) -> None:
         click.echo("(more extents than fit in one reply; use --json on a smaller file)")
 
 
-@main.command()
+@main.command(short_help='Preallocate unwritten extents (fallocate mode 0).')
 @click.argument("file", type=click.Path(dir_okay=False))
 @click.argument("offset", type=SizeType())
 @click.argument("length", type=SizeType())
@@ -245,7 +264,7 @@ def prealloc(file: str, offset: int, length: int) -> None:
     os.stat(file)
 
 
-@main.command()
+@main.command(short_help='Crash-test daxfs or your own program.')
 @click.option("--mode", type=click.Choice(["sync", "normal"]), default="sync", show_default=True,
               help="sync: -o map_sync; normal: the default commit interval")
 @click.option("--points", type=click.IntRange(min=0), default=20, show_default=True,
@@ -267,10 +286,12 @@ def prealloc(file: str, offset: int, length: int) -> None:
 @click.option("--keep", type=click.Path(file_okay=False), default=None,
               help="copy the images and logs of every failed case into this directory")
 @click.option("--list-points", is_flag=True, help="list the injection points and exit")
-@click.option("--workload-seed", type=int, default=None, hidden=True)
-@click.option("--sequence", type=int, default=None, hidden=True)
-@click.option("--crash-after", type=float, default=None, hidden=True)
-@click.option("--crash-at", default=None, hidden=True)
+@click.option("--workload-seed", type=int, default=None, help="replay one case: its workload's seed")
+@click.option("--sequence", type=int, default=None, help="replay one case: its ace sequence number")
+@click.option("--crash-after", type=float, default=None, metavar="SECONDS",
+              help="replay one case: SIGKILL this long after the workload starts")
+@click.option("--crash-at", default=None, metavar="POINT:N",
+              help="replay one case: SIGKILL at the N-th pass of an injection point, or 'end' or 'replay'")
 @friendly()
 def crashtest(mode, points, seed, workloads, cmd, check_cmd, jobs, json_file, no_inject, passes_per_point,
               sequences, keep, list_points, workload_seed, sequence, crash_after, crash_at) -> None:
@@ -288,7 +309,7 @@ def crashtest(mode, points, seed, workloads, cmd, check_cmd, jobs, json_file, no
                               crash_at=crash_at))
 
 
-@main.group(invoke_without_command=True)
+@main.group(invoke_without_command=True, short_help='What MAP_SYNC keeps after a crash, and what it costs.')
 @click.pass_context
 @friendly()
 def demo(ctx: click.Context) -> None:
@@ -328,5 +349,5 @@ def mount_helper() -> None:
             positional.append(a)
     if len(positional) != 2:
         fail("usage: mount.fuse.daxfs IMAGE MOUNTPOINT [-o OPTIONS]", 1)
-    main(["mount", *positional, *options])
+    main(["mount", "--quiet", *positional, *options])  # mount(8) helpers are silent on success
 

@@ -52,6 +52,25 @@ def control_socket_path(image: str) -> str:
     return os.path.join(d, "control")
 
 
+def check_mountpoint(mountpoint: str) -> None:
+    """Refuse, in words that say what to do, a mount point that cannot take a mount."""
+    try:
+        st = os.stat(mountpoint)
+    except FileNotFoundError:
+        raise DaxfsError(f"{mountpoint}: no such directory (create it first)") from None
+    except OSError as e:
+        if e.errno in DEAD_MOUNT_ERRNOS:
+            raise DaxfsError(f"{mountpoint}: a dead daxfs mount is there (its daemon was killed); run "
+                             f"`daxfs umount {mountpoint}` first") from None
+        raise DaxfsError(f"{mountpoint}: {e.strerror}") from None
+    if not stat.S_ISDIR(st.st_mode):
+        raise DaxfsError(f"{mountpoint}: not a directory")
+    if os.path.ismount(mountpoint):
+        entry = mount_entry(mountpoint)
+        what = f" ({entry['fstype']} of {entry['source']})" if entry else ""
+        raise DaxfsError(f"{mountpoint}: something is already mounted there{what}; unmount it first")
+
+
 def serve(image: str, mountpoint: str, opts: MountOptions, tell) -> None:
     """Run the file system in this process until it is unmounted. `tell(line)` reports progress to
     whoever started us; the line 'ready' means the mount answers."""
@@ -68,10 +87,7 @@ def serve(image: str, mountpoint: str, opts: MountOptions, tell) -> None:
     from daxfs.daemon.syncrule import SyncRule
     from daxfs.engine.fs import FileSystem
 
-    if not os.path.isdir(mountpoint):
-        raise DaxfsError(f"{mountpoint}: not a directory")
-    if os.path.ismount(mountpoint):
-        raise DaxfsError(f"{mountpoint}: something is already mounted there")
+    check_mountpoint(mountpoint)
     # Exclusive even read-only: the control socket and the direct-access board are per image, so a
     # second mount would take them over from the first.
     lock_fd = lock_image(image)

@@ -10,7 +10,7 @@ import numpy as np
 
 from daxfs.engine import format as fmt
 from daxfs.engine.pmem import PmemRegion
-from daxfs.engine.recovery import ReplayedImage
+from daxfs.engine.recovery import ReplayedImage, ScanResult, Stop
 from daxfs.engine.superblock import check_geometry, read_superblock
 
 
@@ -56,7 +56,7 @@ def describe(path: str) -> dict[str, Any]:
         "journal seq": sb.journal_seq,
         "journal transactions to replay": len(result.transactions),
         "journal blocks to replay": sum(len(t) for t in result.transactions),
-        "journal scan stopped": result.stop_reason,
+        "journal ends": _journal_end(result),
     }
 
 
@@ -71,3 +71,11 @@ def _count_bits(img: ReplayedImage, start: int, nblocks: int, nbits: int) -> int
 def _when(ns: int) -> str:
     return time.strftime("%Y-%m-%d %H:%M:%S %Z", time.localtime(ns / 1e9))
 
+
+def _journal_end(result: ScanResult) -> str:
+    """Where replay's scan ends, in words that say whether that is normal."""
+    if result.stop in (Stop.END, Stop.WRAPPED):
+        return "after the last committed transaction (normal)"
+    if result.stop is Stop.TORN:
+        return f"at a transaction torn by a crash, never committed (normal after a crash; {result.detail})"
+    return f"DAMAGED: {result.stop_reason} (run daxfs fsck)"

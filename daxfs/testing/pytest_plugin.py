@@ -1,4 +1,4 @@
-"""pytest fixtures for crash-testing on daxfs, registered by `pip install daxfs` (entry point pytest11).
+"""pytest fixtures for crash-testing on daxfs, registered when daxfs is installed (entry point pytest11).
 
     def test_my_program_survives(daxfs_mount):
         m = daxfs_mount("map_sync")            # a fresh 64 MiB image, mounted in tmp_path

@@ -20,7 +20,10 @@ from daxfs.testing import campaign as crashtest
 from daxfs.testing import workload
 from daxfs.testing.campaign import Case, Plan, Result, Summary
 
-console = Console(stderr=False, width=None if sys.stdout.isatty() else 140)
+# soft_wrap: a line longer than the terminal is not cut with real newlines, so every printed replay
+# command stays one line a reader can copy from a CI log.
+console = Console(stderr=False, width=None if sys.stdout.isatty() else 140, soft_wrap=True)
+SECONDS_PER_POINT = 1.0  # a crash point's cost at one job on these machines (mount, run, kill, remount, fsck)
 
 
 def print_points() -> None:
@@ -41,7 +44,10 @@ def main(*, mode: str, points: int, seed: int | None, workloads: list[str], cmd:
     plan = Plan(mode, seed, workloads, points, inject, passes_per_point, sequences, cmd, check)
     console.print(f"daxfs crashtest: {mode} mode, seed {seed}, workloads {', '.join(workloads)}; "
                   f"reproduce with --seed {seed}", highlight=False)
+    console.print("first a dry run of each workload (it finds the injection points each one passes), then the "
+                  f"crash points, {jobs} at a time; Ctrl-C stops early with a summary of what ran", highlight=False)
     summary = Summary()
+    interrupted = False
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                   TextColumn("{task.fields[bad]} failed"), console=console, transient=False) as progress, \
             concurrent.futures.ThreadPoolExecutor(jobs) as pool:
@@ -57,18 +63,22 @@ def main(*, mode: str, points: int, seed: int | None, workloads: list[str], cmd:
             else:
                 cases = crashtest.make_cases(plan, crashtest.dry_runs(plan, pool, done))
             progress.update(task, description="crash points", total=len(summary.results) + len(cases))
+            progress.console.print(f"{len(cases)} crash points to run: about "
+                                   f"{max(1, round(len(cases) * SECONDS_PER_POINT / jobs / 60))} minutes",
+                                   highlight=False)
             futures = [pool.submit(crashtest.run_case, c, keep, cmd, check) for c in cases]
             for f in concurrent.futures.as_completed(futures):
                 done(f.result())
         except KeyboardInterrupt:
+            interrupted = True
             pool.shutdown(wait=True, cancel_futures=True)
-            console.print("interrupted: the summary covers the points that ran")
-    _print_summary(summary, plan)
+    _print_summary(summary, plan, interrupted)
     if json_file:
         with open(json_file, "w") as f:
-            json.dump(summary.as_dict(plan), f, indent=1)
+            json.dump({**summary.as_dict(plan), "interrupted": interrupted}, f, indent=1)
         console.print(f"JSON report: {json_file}")
-    return 1 if summary.violations else 0
+    # An interrupted campaign proved nothing about the points it skipped: never exit as a pass.
+    return 130 if interrupted else 1 if summary.violations else 0
 
 
 def _validate(workloads: list[str], cmd: str, check: str, crash_at: str | None) -> list[str]:
@@ -116,20 +126,22 @@ def _replay(name: str, mode: str, seed: int, sequence: int | None, crash_after: 
     return 1 if r.verdict.violations else 0
 
 
-def _print_summary(summary: Summary, plan: Plan) -> None:
+def _print_summary(summary: Summary, plan: Plan, interrupted: bool = False) -> None:
     d = summary.as_dict(plan)
-    t = Table(title=f"crash campaign: {plan.mode} mode, seed {plan.seed}")
+    t = Table(title=f"crash campaign: {plan.mode} mode, seed {plan.seed}{' (INTERRUPTED)' if interrupted else ''}")
     for col in ("workload", "points", "injected", "violations", "lost as allowed", "s/point"):
         t.add_column(col, justify="left" if col in ("workload", "violations") else "right")
     for row in d["summary"]:
         kinds = ", ".join(f"{k}: {n}" for k, n in sorted(row["violations"].items())) or "0"
-        lost = f"{row['lost_as_allowed']}/{row['acked_writes']}" if plan.mode == "normal" else "-"
+        lost = f"{row['lost_as_allowed']}/{row['acked_writes']}" if plan.mode == "normal" and row["acked_writes"] else "-"
         t.add_row(row["workload"], str(row["points"]), str(row["injected"]), kinds, lost,
                   f"{row['seconds_per_point']:.2f}")
     console.print(t)
     console.print(f"{d['points']} crash points in {d['elapsed_s']} s ({d['points_per_minute']} per minute), "
                   f"{d['failed_points']} with violations.", highlight=False)
-    if plan.mode == "normal":
+    if interrupted:
+        console.print("INTERRUPTED: only the points above ran; this is no pass.", highlight=False)
+    if plan.mode == "normal" and any(row["acked_writes"] for row in d["summary"]):
         console.print("lost as allowed: acknowledged writes (of all acknowledged) that were not committed when "
                       "the daemon died, which normal mode permits; map_sync mode would have kept them.",
                       highlight=False)

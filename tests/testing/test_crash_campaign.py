@@ -10,6 +10,7 @@ import json
 import os
 import signal
 import subprocess
+import sys
 
 import pytest
 
@@ -19,6 +20,7 @@ from helpers import BS, MiB, daxfs, pattern, read_file, write_file
 
 
 pytestmark = pytest.mark.mount
+DAXFS_BIN = os.path.join(os.path.dirname(sys.executable), "daxfs")  # the checkout's own `daxfs`
 
 
 def campaign(tmp_path, *args) -> tuple[subprocess.CompletedProcess, dict]:
@@ -90,6 +92,13 @@ def test_crash_test_your_own_program_with_cmd_and_check(tmp_path):
     p, r = campaign(tmp_path, "--mode", "normal", "--seed", "3", "--points", "1", "--no-inject", "--cmd", cmd,
                     "--check", check)
     assert p.returncode == 1 and r["cases"][0]["violations"][0]["kind"] == "check failed", p.stdout
+    assert "lost as allowed" not in p.stdout  # a --cmd program's acknowledgements are its checker's business
+    # the replay command, copied from the piped output as a reader copies it from a CI log, runs as printed
+    failed = [line for line in p.stdout.splitlines() if line.startswith("FAILED daxfs crashtest ")]
+    assert len(failed) == 1 and "--check" in failed[0], p.stdout
+    again = subprocess.run(["bash", "-c", failed[0].removeprefix("FAILED ").replace("daxfs ", f"{DAXFS_BIN} ", 1)],
+                           capture_output=True, text=True, timeout=300, stdin=subprocess.DEVNULL)
+    assert again.returncode == 1 and "check failed" in again.stdout, again.stdout + again.stderr
 
 
 @pytest.mark.parametrize("opts,kept", [("map_sync", True), ("commit=60", False)])
