@@ -104,8 +104,11 @@ def serve(image: str, mountpoint: str, opts: MountOptions, tell) -> None:
     committer = Committer(fs, stats)
     rule = SyncRule(fs, committer, opts.map_sync)
     ops = DaxOperations(fs, committer, rule, stats)
-    fuse_opts = {"fsname=" + image, "subtype=daxfs", "default_permissions"}
+    fs.times.mode, fs.times.diratime, fs.times.lazytime = opts.atime, opts.diratime, opts.lazytime
+    fuse_opts = {"fsname=" + image, "subtype=daxfs", "default_permissions"} | opts.kernel_options()
     fuse_opts |= {name for name in ("ro", "allow_other", "debug") if getattr(opts, name)}
+    if opts.atime == "noatime":
+        fuse_opts.add("noatime")  # the kernel then updates no atime of its own either
     try:
         pyfuse3.init(ops, mountpoint, fuse_opts)
     except RuntimeError as e:

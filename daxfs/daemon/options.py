@@ -11,8 +11,11 @@ from daxfs.engine.errors import DaxfsError
 
 # Options mount(8) and fstab pass along that mean nothing to daxfs.
 IGNORED_OPTIONS = {"rw", "defaults", "auto", "noauto", "user", "nouser", "users", "owner", "_netdev", "nofail",
-                   "dev", "nodev", "suid", "nosuid", "exec", "noexec", "async", "atime", "noatime", "relatime",
-                   "strictatime", "lazytime", "nodiratime"}
+                   "async"}
+# The kernel's own mount flags, passed through to the FUSE mount (FUSE's defaults: nodev, nosuid, exec).
+KERNEL_FLAGS = {"dev": ("dev", True), "nodev": ("dev", False), "suid": ("suid", True), "nosuid": ("suid", False),
+                "exec": ("exec", True), "noexec": ("exec", False)}
+ATIME_MODES = ("relatime", "strictatime", "noatime")
 
 
 @dataclass
@@ -25,6 +28,16 @@ class MountOptions:
     msync: bool = True  # persist with msync (host-crash safety); nomsync for RAM-backed images
     log: str | None = None
     crash_at: list[tuple[str, int]] = field(default_factory=list)
+    dev: bool = False
+    suid: bool = False
+    exec: bool = True
+    atime: str = "relatime"  # relatime, strictatime or noatime (engine.core.AtimePolicy)
+    diratime: bool = True
+    lazytime: bool = False
+
+    def kernel_options(self) -> set[str]:
+        """What FUSE's mount is told: its flags, spelled as mount(8) spells them."""
+        return {name if getattr(self, name) else f"no{name}" for name in ("dev", "suid", "exec")}
 
     def to_string(self) -> str:
         opts = []
@@ -39,6 +52,11 @@ class MountOptions:
         if self.log:
             opts.append(f"log={self.log}")
         opts += [f"crash_at={p}:{n}" for p, n in self.crash_at]
+        opts += sorted(self.kernel_options()) + [self.atime]
+        if not self.diratime:
+            opts.append("nodiratime")
+        if self.lazytime:
+            opts.append("lazytime")
         return ",".join(opts)
 
 
@@ -69,6 +87,16 @@ def parse_options(texts: list[str]) -> MountOptions:
                     o.crash_at.append((point, int(nth or "1")))
                 except ValueError:
                     raise DaxfsError(f"crash_at={value}: N must be a number") from None
+            elif key in KERNEL_FLAGS and not value:
+                setattr(o, *KERNEL_FLAGS[key])
+            elif key in ATIME_MODES and not value:
+                o.atime = key
+            elif key == "atime" and not value:
+                o.atime = "relatime"  # "atime" undoes noatime; Linux then applies its default, relatime
+            elif key in ("diratime", "nodiratime") and not value:
+                o.diratime = key == "diratime"
+            elif key in ("lazytime", "nolazytime") and not value:
+                o.lazytime = key == "lazytime"
             elif key in IGNORED_OPTIONS or key.startswith("x-"):
                 continue
             else:

@@ -17,6 +17,7 @@ from __future__ import annotations
 import errno
 import stat
 import time
+from dataclasses import dataclass
 
 from daxfs.engine import format as fmt
 from daxfs.engine.alloc import Allocator
@@ -41,6 +42,16 @@ def now_ns() -> int:
     return time.time_ns()
 
 
+@dataclass
+class AtimePolicy:
+    """When a read updates atime, as the mount options say (ext4's meanings): relatime (the default),
+    strictatime (every read), noatime (never); nodiratime spares directories; lazytime keeps atime
+    updates in memory until the inode is written anyway, synced, forgotten, or the mount ends."""
+    mode: str = "relatime"
+    diratime: bool = True
+    lazytime: bool = False
+
+
 class FsCore:
     def __init__(self, region: PmemRegion, sb: fmt.Superblock, readonly: bool) -> None:
         self.region = region
@@ -49,6 +60,8 @@ class FsCore:
         self.journal = Journal(region, sb)
         self.alloc = Allocator(self.journal, sb)
         self.inodes = InodeTable(self.journal, self.alloc, sb)
+        self.times = AtimePolicy()
+        self._lazy: set[int] = set()  # inodes whose atime changed in memory only (lazytime)
 
     # --- transactions -----------------------------------------------------------------------------
     def commit(self) -> int:
@@ -140,14 +153,30 @@ class FsCore:
         self.inodes.save(inode)
 
     def _accessed(self, inode: Inode) -> None:
-        """relatime, as Linux mounts by default: a read updates atime when atime is not newer than
-        mtime or ctime, or is a day old; otherwise reads change no metadata at all."""
-        if self.readonly:
+        """A read: update atime as the mount's AtimePolicy says. Under relatime, as Linux mounts by
+        default, a read updates atime when atime is not newer than mtime or ctime, or is a day old;
+        otherwise reads change no metadata at all."""
+        policy = self.times
+        if self.readonly or policy.mode == "noatime" or (not policy.diratime and stat.S_ISDIR(inode.mode)):
             return
         t = now_ns()
-        if inode.atime_ns <= max(inode.mtime_ns, inode.ctime_ns) or t - inode.atime_ns > DAY_NS:
+        if policy.mode == "strictatime" or inode.atime_ns <= max(inode.mtime_ns, inode.ctime_ns) \
+                or t - inode.atime_ns > DAY_NS:
+            inode.atime_ns = t
+            if policy.lazytime:
+                self._lazy.add(inode.ino)
+                return
             if self.journal.running_full():
                 self.commit()
-            inode.atime_ns = t
             self.inodes.save(inode)
 
+    def _save_lazy(self, ino: int | None = None) -> None:
+        """Write the in-memory atimes of lazytime (one inode's, or all) into the running transaction."""
+        for i in ([ino] if ino is not None else list(self._lazy)):
+            if i in self._lazy:
+                self._lazy.discard(i)
+                inode = self.inodes.cache.get(i)
+                if inode is not None and inode.nlink > 0:
+                    if self.journal.running_full():
+                        self.commit()
+                    self.inodes.save(inode)

@@ -232,7 +232,10 @@ DESC_ENTRIES = PAYLOAD // 8
 # Journal commit payload: nblocks u64 | images crc u32 | reserved u32 | commit time ns u64
 COMMIT = struct.Struct("<QIIQ")
 
-MAX_XATTR_BYTES = 64 * 1024  # whole blob per inode
+XATTR_VALUE_MAX = 64 * 1024  # one value, as Linux's XATTR_SIZE_MAX
+# An inode's whole xattr blob: version 2 holds a value of XATTR_VALUE_MAX beside others; version 1
+# images keep their 64 KiB limit (a version 1 reader refuses more).
+XATTR_BLOB_MAX = {1: 64 * 1024, 2: 160 * 1024}  # v2: two values of XATTR_VALUE_MAX with their names
 MAX_FILE_BLOCKS = 1 << 36  # 256 TiB; larger offsets are EFBIG
 
 

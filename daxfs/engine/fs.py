@@ -85,10 +85,35 @@ class FileSystem(Faults):
     def close(self) -> None:
         """Commit, checkpoint, mark clean. After a daemon kill this never runs: replay does its work."""
         if not self.readonly:
+            self._save_lazy()
             self.checkpoint()
             self.sb.state = fmt.STATE_CLEAN
             write_superblock(self.region, self.sb)
         self.region.close()
+
+    def remount(self, readonly: bool) -> None:
+        """mount -o remount,ro / rw. Read-only: commit, checkpoint, mark clean, and take writable direct
+        mappings away, so that the image on pmem is complete and nothing changes it; read-write: the
+        image is in use again (state dirty until the next clean unmount)."""
+        if readonly == self.readonly:
+            return
+        if readonly:
+            self._save_lazy()
+            self.checkpoint()
+            for maps in self.dax.values():
+                for m in maps:
+                    if m.writable and not m.revoked:
+                        m.revoked = True
+                        self.dax_notify(m)
+            self.readonly = True
+            self.sb.state = fmt.STATE_CLEAN
+        else:
+            if not self.region.writable:
+                raise DaxfsError(f"{self.region.path}: mounted read-only from the start; unmount it and mount it "
+                                 "read-write")
+            self.readonly = False
+            self.sb.state = fmt.STATE_DIRTY
+        write_superblock(self.region, self.sb)
 
     # --- durability and the MAP_SYNC rule ---------------------------------------------------------
     def tid_to_commit(self, ino: int, off: int, length: int) -> int:
@@ -104,6 +129,8 @@ class FileSystem(Faults):
         its data (mappings, i_size; 0 when all is stable), fsync everything changed so far."""
         if datasync:
             return datasync_tid(self.inode(ino).unstable, self.committed_tid)
+        if not self.readonly:
+            self._save_lazy(ino)  # fsync writes lazytime's timestamps too, as ext4's does
         return self.journal.running_tid
 
     def fsync(self, ino: int, datasync: bool = False) -> int:

@@ -158,7 +158,7 @@ class InodeChecks:
                 return
             parts.append(raw[fmt.HEADER_SIZE:fmt.HEADER_SIZE + h.used])
         blob = b"".join(parts)
-        if len(blob) > fmt.MAX_XATTR_BYTES:
+        if len(blob) > fmt.XATTR_BLOB_MAX[self.sb.version]:
             self.problem(f"inode {ino}", f"{len(blob)} bytes of extended attributes, more than the limit")
         try:
             unpack_xattrs(blob, ino)

@@ -8,13 +8,15 @@ from collections.abc import Iterator
 
 
 def mounts() -> Iterator[dict[str, str]]:
-    """Every mount of this process's namespace: target, fstype, source, options."""
+    """Every mount of this process's namespace: target, fstype, source, options (the file system's),
+    flags (the mount's own: ro, nodev, nosuid, noexec, noatime, ...)."""
     with open("/proc/self/mountinfo") as f:
         for line in f:
             left, _, right = line.partition(" - ")
             fstype, source, options = (right.split() + ["", "", ""])[:3]
-            yield {"target": _unescape(left.split()[4]), "fstype": fstype, "source": _unescape(source),
-                   "options": options}
+            fields = left.split()
+            yield {"target": _unescape(fields[4]), "fstype": fstype, "source": _unescape(source),
+                   "options": options, "flags": fields[5]}
 
 
 def mount_entry(path: str) -> dict[str, str] | None:

@@ -191,6 +191,8 @@ class Namespace(Xattrs):
             self._dir(self.inode(fmt.ORPHAN_INO)).remove(b"%d" % ino)
             self._destroy(inode)
         elif inode.refs == 0:
+            if not self.readonly:
+                self._save_lazy(ino)  # a lazytime atime must not be forgotten with the inode
             self.inodes.evict(inode, self.committed_tid)
 
     def _free_orphans(self) -> int:

@@ -65,6 +65,8 @@ class Xattrs(Attributes):
                 raise FsError(errno.EINVAL, "user.daxfs.map_sync takes 0 or 1")
             self._set_map_sync(inode, value.strip() == b"1")
             return
+        if len(value) > fmt.XATTR_VALUE_MAX:
+            raise FsError(errno.E2BIG)
         xattrs = self._xattrs(inode)
         _check_xattr_flags(flags, name in xattrs)
         new = dict(xattrs)
@@ -92,8 +94,9 @@ class Xattrs(Attributes):
 
     def _store_xattrs(self, inode: Inode, xattrs: dict[bytes, bytes]) -> None:
         blob = pack_xattrs(xattrs)
-        if len(blob) > fmt.MAX_XATTR_BYTES:
-            raise FsError(errno.ENOSPC, "extended attributes of one inode are limited to 64 KiB")
+        limit = fmt.XATTR_BLOB_MAX[self.sb.version]
+        if len(blob) > limit:
+            raise FsError(errno.ENOSPC, f"extended attributes of one inode are limited to {limit >> 10} KiB")
         self._begin(len(blob) // fmt.PAYLOAD + 1, freeing=len(xattrs) < len(inode.xattrs or {}))
         blocks = write_blob(self.journal, self.alloc.alloc_block, lambda b: self.alloc.free_blocks(b, 1),
                             inode.ino, inode.xattr_blocks, blob)

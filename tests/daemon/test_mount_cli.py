@@ -118,7 +118,7 @@ def test_mount_errors_are_one_line(daxmount, tmp_path):
     afile = tmp_path / "afile"
     afile.write_text("x")
     assert_one_line_error(daxfs("mount", m.image, afile), "not a directory")
-    assert_one_line_error(daxfs("mount", m.image, tmp_path / "nowhere"), "not a directory")
+    assert_one_line_error(daxfs("mount", m.image, tmp_path / "nowhere"), "no such directory")
     assert_one_line_error(daxfs("mount", tmp_path / "noimage.img", m.mnt), "no such image")
     junk = tmp_path / "junk.img"
     junk.write_bytes(bytes(4 * MiB))
@@ -265,6 +265,17 @@ def test_umount_of_a_dead_mount(daxmount):
     m.fsck()
     p = m.mount()
     assert "was not unmounted cleanly" in p.stdout
+
+
+def test_mounting_over_a_dead_mount_says_to_run_daxfs_umount(daxmount):
+    m = daxmount()
+    m.crash_at("write.before_ack")
+    with pytest.raises(OSError):
+        write_file(j(m.mnt, "f"), b"x")
+    wait_dead(m.last_pid)
+    p = daxfs("mount", m.image, m.mnt)
+    assert_one_line_error(p, "dead daxfs mount", f"daxfs umount {m.mnt}")
+    assert daxfs("umount", m.mnt).returncode == 0
 
 
 def test_umount_not_mounted(tmp_path):

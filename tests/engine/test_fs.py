@@ -353,8 +353,16 @@ def test_xattrs_of_several_blocks_survive_a_crash_and_shrink(image):
     free = g.statfs().blocks_free
     g.removexattr(a, b"user.big")
     assert g.statfs().blocks_free == free + 2
-    assert err(g.setxattr, a, b"user.huge", b"h" * (fmt.MAX_XATTR_BYTES + 1)) == errno.ENOSPC
-    g.close()
+    assert err(g.setxattr, a, b"user.huge", b"h" * (fmt.XATTR_VALUE_MAX + 1)) == errno.E2BIG  # as Linux
+    name255 = b"user." + b"n" * 250
+    g.setxattr(a, name255, b"m" * fmt.XATTR_VALUE_MAX)  # the kernel's limits: a 255-byte name, a 64 KiB value
+    g.setxattr(a, b"user.second", b"s" * fmt.XATTR_VALUE_MAX)
+    assert err(g.setxattr, a, b"user.third", b"t" * 40000) == errno.ENOSPC  # past the inode's 160 KiB
+    g.commit()
+    crash(g)
+    h = reopen(image)
+    assert h.getxattr(a, name255) == b"m" * fmt.XATTR_VALUE_MAX and len(h.getxattr(a, b"user.second")) == 65536
+    h.close()
 
 
 def test_map_sync_xattr_takes_0_or_1_only_and_is_kept_as_an_inode_flag(image):
@@ -477,3 +485,19 @@ def test_read_updates_atime_as_relatime_does(fs):
     assert inode.atime_ns == t1  # newer than mtime and recent: reads change no metadata
     fs.commit()
     assert fs.inode(ino).atime_ns == t1
+
+
+def test_remount_read_only_checkpoints_marks_clean_and_refuses_writes_then_read_write_again(image):
+    f = reopen(image)
+    a = mkfile(f, b"a", b"before")
+    f.remount(True)
+    assert f.sb.state == fmt.STATE_CLEAN and not f.journal.pending
+    assert err(f.write, a, 0, b"x") == errno.EROFS and err(f.mkdir, ROOT, b"d", 0o755, 0, 0) == errno.EROFS
+    assert f.read(a, 0, 6) == b"before"
+    f.remount(False)
+    f.write(a, 0, b"after!")
+    assert f.sb.state == fmt.STATE_DIRTY
+    f.close()
+    g = reopen(image)
+    assert g.read(a, 0, 6) == b"after!"
+    g.close()

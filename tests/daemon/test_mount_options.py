@@ -1,0 +1,99 @@
+"""Mount options as ext4 takes them (issue 11): dev/suid/exec passed through to the kernel, the atime
+policies behaving as their names say, and options daxfs does not know refused."""
+
+from __future__ import annotations
+
+import errno
+import os
+import stat
+import subprocess
+
+import pytest
+
+from daxfs.daemon.options import parse_options
+from daxfs.engine.mounttab import mount_entry
+from helpers import errno_of, read_file, write_file
+
+pytestmark = pytest.mark.mount
+
+
+def j(*parts) -> str:
+    return os.path.join(*(str(p) for p in parts))
+
+
+def flags(m) -> set[str]:
+    return set(mount_entry(m.mnt)["flags"].split(","))
+
+
+def test_the_kernel_flags_default_to_fuses_and_pass_through_when_asked(daxmount):
+    m = daxmount()
+    assert {"nodev", "nosuid"} <= flags(m) and "noexec" not in flags(m)
+    os.mknod(j(m.mnt, "null"), 0o666 | stat.S_IFCHR, os.makedev(1, 3))
+    assert errno_of(open, j(m.mnt, "null"), "rb") == errno.EACCES  # nodev: device nodes do not open
+    m.umount()
+    m.mount("dev,suid,noexec")
+    assert "nodev" not in flags(m) and "nosuid" not in flags(m) and "noexec" in flags(m)
+    with open(j(m.mnt, "null"), "rb") as f:  # dev: it is /dev/null now
+        assert f.read() == b""
+    write_file(j(m.mnt, "run.sh"), b"#!/bin/sh\necho hi\n", mode=0o755)
+    assert errno_of(subprocess.run, [j(m.mnt, "run.sh")]) == errno.EACCES  # noexec
+
+
+def atime_after_read(path: str) -> int:
+    with open(path, "rb") as f:
+        f.read()
+    return os.stat(path).st_atime_ns
+
+
+@pytest.mark.parametrize("opts, first, second", [
+    ("", True, False),              # relatime: atime older than mtime is updated, then not again
+    ("strictatime", True, True),    # every read
+    ("noatime", False, False),      # never
+])
+def test_atime_policies(daxmount, opts, first, second):
+    m = daxmount(opts)
+    p = j(m.mnt, "f")
+    write_file(p, b"data")
+    os.utime(p, ns=(1_000_000_000, 2_000_000_000))  # atime older than mtime
+    a1 = atime_after_read(p)
+    assert (a1 > 2_000_000_000) == first, a1
+    a2 = atime_after_read(p)
+    assert (a2 > a1) == second, (a1, a2)
+
+
+def test_nodiratime_spares_directories_only(daxmount):
+    m = daxmount("nodiratime")
+    d = j(m.mnt, "d")
+    os.mkdir(d)
+    write_file(j(d, "f"), b"x")
+    os.utime(d, ns=(1_000_000_000, 2_000_000_000))
+    os.utime(j(d, "f"), ns=(1_000_000_000, 2_000_000_000))
+    os.listdir(d)
+    assert os.stat(d).st_atime_ns == 1_000_000_000
+    assert atime_after_read(j(d, "f")) > 2_000_000_000
+
+
+def test_lazytime_keeps_atime_in_memory_until_unmount_and_a_crash_loses_only_that(daxmount):
+    m = daxmount("lazytime,commit=60")
+    p = j(m.mnt, "f")
+    write_file(p, b"data", fsync=True)
+    os.utime(p, ns=(1_000_000_000, 2_000_000_000))
+    fd = os.open(p, os.O_RDONLY)
+    os.fsync(fd)  # the utime is committed; the read's atime is not, yet
+    os.close(fd)
+    a = atime_after_read(p)
+    assert a > 2_000_000_000 and m.stats()["running_blocks"] == 0  # in memory only: no block changed
+    m.crash()
+    m.mount("lazytime,commit=60")
+    assert os.stat(p).st_atime_ns == 1_000_000_000 and read_file(p) == b"data"
+    a = atime_after_read(p)
+    m.umount()  # unmount writes it
+    m.mount()
+    assert os.stat(p).st_atime_ns == a
+
+
+def test_atime_options_round_trip_to_the_daemon():
+    o = parse_options(["noatime,nodiratime,lazytime,dev,noexec"])
+    again = parse_options([o.to_string()])
+    assert (again.atime, again.diratime, again.lazytime, again.dev, again.exec) == ("noatime", False, True, True, False)
+    assert parse_options(["strictatime,atime"]).atime == "relatime"
