@@ -5,7 +5,7 @@ PY    := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 APT_PKGS := fuse3 libfuse3-dev pkg-config
 
-.PHONY: test deps venv helper demo crash bench clean
+.PHONY: test deps venv helper demo crash bench clean xfstests
 
 deps:  ## system packages pyfuse3 compiles against and fusermount3 (needs root on a fresh Debian machine)
 	@missing=""; for p in $(APT_PKGS); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
@@ -47,3 +47,8 @@ bench: venv
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .hypothesis
+
+xfstests:  ## xfstests' generic/quick against this checkout's daxfs (~25-40 min; not part of `make test`): docs/xfstests.md
+	@if [ -z "$(XFSTESTS)" ]; then echo "make xfstests: set XFSTESTS=/path/to/a/built/xfstests/checkout (docs/xfstests.md)" >&2; exit 2; fi
+	@$(MAKE) --no-print-directory $(STAMP)
+	tools/xfstests/run.sh --xfstests "$(XFSTESTS)" --venv "$(VENV)" $(XFSTESTS_ARGS) $(TESTS)
