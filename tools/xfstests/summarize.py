@@ -80,9 +80,9 @@ def read_config(path: str | None) -> dict[str, str]:
 
 def normalize(reason: str, config: dict[str, str]) -> str:
     """Per-run paths out of a not-run reason, so that equal reasons group together."""
-    for var in ("TEST_DIR", "SCRATCH_MNT", "TEST_DEV", "SCRATCH_DEV"):
-        if config.get(var):
-            reason = reason.replace(config[var], "$" + var)
+    paths = [(config[v], v) for v in ("TEST_DIR", "SCRATCH_MNT", "TEST_DEV", "SCRATCH_DEV") if config.get(v)]
+    for path, var in sorted(paths, key=lambda pv: -len(pv[0])):  # the image paths extend the mount points'
+        reason = reason.replace(path, "$" + var)
     reason = re.sub(r"/[\w./-]*/daxfs-xfstests\.\w+", "$RUN", reason)
     return " ".join(reason.split())
 
