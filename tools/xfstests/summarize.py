@@ -156,7 +156,7 @@ def print_summary(s: dict, out=sys.stdout) -> None:
     c = s["counts"]
     p = lambda *a: print(*a, file=out)  # noqa: E731
     p()
-    p(f"xfstests on daxfs: {c['tests']} tests in {duration(s['seconds'])}"
+    p(f"xfstests on daxfs: {c['tests']} test{'s' if c['tests'] != 1 else ''} in {duration(s['seconds'])}"
       f"{' (interrupted)' if s['interrupted'] else ''}: "
       f"{c['passed']} passed, {c['failed']} failed, {c['not_run']} not run"
       + (f", {c['unfinished']} unfinished ({' '.join(s['unfinished'])})" if c["unfinished"] else ""))
