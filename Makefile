@@ -5,7 +5,7 @@ PY    := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 APT_PKGS := fuse3 libfuse3-dev pkg-config
 
-.PHONY: test deps venv helper demo crash bench clean
+.PHONY: test deps venv helper demo crash bench clean xfstests
 
 APT_WAIT := 600  # seconds to wait for another apt-get (unattended-upgrades on a fresh machine)
 
@@ -54,3 +54,8 @@ bench: venv
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .hypothesis
+
+xfstests:  ## xfstests' generic/quick against this checkout's daxfs (~25-40 min; not part of `make test`): docs/xfstests.md
+	@if [ -z "$(XFSTESTS)" ]; then echo "make xfstests: set XFSTESTS=/path/to/a/built/xfstests/checkout (docs/xfstests.md)" >&2; exit 2; fi
+	@$(MAKE) --no-print-directory $(STAMP)
+	tools/xfstests/run.sh --xfstests "$(XFSTESTS)" --venv "$(VENV)" $(XFSTESTS_ARGS) $(TESTS)
