@@ -146,9 +146,11 @@ def serve(image: str, mountpoint: str, opts: MountOptions, tell) -> None:
         pyfuse3.close(unmount=True)
         faults.close()  # revokes every direct mapping
         fs.close()
-        os.close(lock_fd)
-        shutil.rmtree(os.path.dirname(control.path), ignore_errors=True)  # a SIGKILL leaves it for the next mount
+        # The state directory goes before the lock: once the lock is free, the next daemon of this image
+        # may make its own sockets there. (A SIGKILL leaves the directory for the next mount.)
+        shutil.rmtree(os.path.dirname(control.path), ignore_errors=True)
         log.info("unmounted %s; image is clean", mountpoint)
+        os.close(lock_fd)
 
 
 def start_background(image: str, mountpoint: str, opts: MountOptions, echo, warn=None) -> int:
