@@ -132,7 +132,7 @@ def mount(image: str, mountpoint: str, options: tuple[str, ...], foreground: boo
     """Mount IMAGE on MOUNTPOINT; returns once the mount answers (the daemon logs to IMAGE.log)."""
     from daxfs.daemon import mount as daemon
     from daxfs.daemon.options import parse_options
-    from daxfs.engine.pmem import lock_image
+    from daxfs.engine.pmem import lock_image, where_mounted
 
     opts = parse_options(list(options))
     image, mountpoint = os.path.abspath(image), os.path.abspath(mountpoint)
@@ -141,8 +141,9 @@ def mount(image: str, mountpoint: str, options: tuple[str, ...], foreground: boo
     daemon.check_mountpoint(mountpoint)
     if not foreground:
         # Here, not in the daemon: a refusal must not land in the log of the daemon that holds the
-        # image. A daemon just unmounted with umount(8) may still be checkpointing: wait for it.
-        os.close(lock_image(image, wait=LOCK_WAIT))
+        # image. A daemon whose mount is gone (umount(8) returns at once) may still be checkpointing:
+        # wait for it; one still mounted somewhere is refused at once.
+        os.close(lock_image(image, wait=0 if where_mounted(image) else LOCK_WAIT))
         sys.exit(daemon.start_background(image, mountpoint, opts, (lambda line: None) if quiet else click.echo,
                                          functools.partial(click.echo, err=True)))
     ready = os.fdopen(ready_fd, "w", buffering=1) if ready_fd is not None else None

@@ -267,6 +267,28 @@ def test_umount_of_a_dead_mount(daxmount):
     assert "was not unmounted cleanly" in p.stdout
 
 
+def test_a_mount_right_after_a_plain_umount_waits_for_the_old_daemon(daxmount):
+    """umount(8) returns before the daemon has checkpointed and let go of the image: the next mount waits
+    for it (bounded) instead of failing with "in use"."""
+    m = daxmount()
+    for i in range(200):
+        write_file(j(m.mnt, f"f{i}"), b"x" * 4096)
+    subprocess.run(["fusermount3", "-u", m.mnt], check=True)
+    p = daxfs("mount", m.image, m.mnt)
+    assert p.returncode == 0, p.stdout + p.stderr
+    assert len(os.listdir(m.mnt)) == 200
+    m.last_pid = m.pid()
+
+
+def test_a_refused_mount_writes_nothing_into_the_running_mounts_log(daxmount, tmp_path):
+    m = daxmount()
+    log = m.image + ".log"
+    before = os.path.getsize(log)
+    (tmp_path / "second").mkdir()
+    assert_one_line_error(daxfs("mount", m.image, tmp_path / "second"), "in use by a mounted daxfs", m.mnt)
+    assert os.path.getsize(log) == before
+
+
 def test_mounting_over_a_dead_mount_says_to_run_daxfs_umount(daxmount):
     m = daxmount()
     m.crash_at("write.before_ack")
