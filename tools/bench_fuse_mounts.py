@@ -9,7 +9,9 @@ Request counters:
                                   xattr, read here straight from the xattr. A daemon that does not
                                   keep it yet gives None, printed "n/a".
 Reading daxfs's counters costs requests of its own (the getxattr); that cost is measured once per
-mount (two snapshots back to back) and subtracted from every delta.
+mount (two snapshots back to back) and subtracted from every delta. The kernel sends some requests
+in the background after the operation that caused them (RELEASE, RELEASEDIR, FORGET): a Meter waits
+until the counts stop moving before its last snapshot.
 """
 
 from __future__ import annotations
@@ -146,8 +148,16 @@ class Meter:
         after = self.m.requests()
         if self.before is None or after is None:
             self.delta = None
-        else:
-            self.delta = diff(diff(after, self.before), self.m.overhead)
+            return
+        # Some requests the measured operations cause arrive after them: the kernel sends RELEASE,
+        # RELEASEDIR and FORGET in the background. Wait (at most 50 ms, untimed) until none arrive.
+        for _ in range(10):
+            time.sleep(0.005)
+            again = self.m.requests()
+            if not diff(diff(again, after), self.m.overhead):
+                break
+            after = again
+        self.delta = diff(diff(after, self.before), self.m.overhead)
 
 
 @dataclass
