@@ -67,15 +67,21 @@ Method: every file system is mounted once for the whole run. In each round every
 every mount, the mounts in a shuffled order for each row (table 2's two modes alternate every 50
 calls), so that a noisy neighbour on this shared 2-core machine hits them all alike. Latency rows
 report the median of all per-call samples of all rounds (p90 in --json); throughput rows the median
-over rounds. Requests are counted around the measured region only (snapshots are taken outside the
-timers) and divided by the operations in it, summed over all rounds.
+over rounds. Ratios (and table 3's growth) are paired, as in table 2: each round gives one figure per
+mount (for per-call rows, that round's median), a round's ratio compares figures taken back to back,
+and the tables print the median over rounds of those ratios. Figures taken a minute apart on this
+machine swing by up to 2x, which the ratio of two medians would carry; so a printed ratio may differ
+from the ratio of the two printed medians (--json has both, and every round's figures and ratios).
+Requests are counted around the measured region only (snapshots are taken outside the timers, and
+wait for what the kernel sends in the background, such as RELEASE and FORGET) and divided by the
+operations in it, summed over all rounds.
 
 passthroughfs.py is not kept in this repository: it is taken from the pyfuse3 sdist of the installed
 pyfuse3 version at run time (`pip download --no-binary :all:`) into a temporary directory.
 
-    .venv/bin/python tools/bench_fuse.py                 # full run (about 10 minutes)
+    .venv/bin/python tools/bench_fuse.py                 # full run (about 12 minutes here)
     .venv/bin/python tools/bench_fuse.py --quick         # short run
-    .venv/bin/python tools/bench_fuse.py --scale         # and the 64 GiB, 100,000-file image
+    .venv/bin/python tools/bench_fuse.py --scale         # and the 64 GiB, 100,000-file image (+5 minutes)
     .venv/bin/python tools/bench_fuse.py --rows pwrite,append --rounds 9 --json out.json
 
 Every mount is unmounted and every temporary file, directory and image removed on exit, on error and
@@ -115,6 +121,11 @@ def goodness(r: Row, daxfs: float, base: float) -> float:
     return daxfs / base if r.higher_better else base / daxfs
 
 
+def paired(fn, r: Row, a: Cell, b: Cell) -> float:
+    """fn(r, a, b) for each round's figures (taken back to back), and the median over rounds."""
+    return median([fn(r, x, y) for x, y in zip(a.rounds, b.rounds)])
+
+
 def fmt_value(r: Row, v: float) -> str:
     if r.higher_better:
         return f"{v:,.0f}" if v >= 100 else f"{v:,.1f}"
@@ -133,10 +144,6 @@ def fmt_req(c: Cell) -> str:
     return "n/a" if x is None else f"{x:.2f}"
 
 
-def summarize(r: Row, c: Cell) -> float:
-    return median(c.values)
-
-
 def table1(rs: list[Row], cells: dict[str, dict[str, Cell]], headline: str, other: str) -> Table:
     t = Table(title=f"Table 1: daxfs vs pyfuse3 passthroughfs.py over tmpfs — ratio >= 1.0 means daxfs at least as "
                     f"good; req = requests per operation")
@@ -146,10 +153,11 @@ def table1(rs: list[Row], cells: dict[str, dict[str, Cell]], headline: str, othe
         t.add_column(col, justify=just)
     for r in rs:
         f, pl, hd, ot = (cells[n][r.key] for n in (FAIR, PLAIN, headline, other))
-        vf, vp, vh, vo = (summarize(r, c) for c in (f, pl, hd, ot))
+        vf, vp, vh, vo = (median(c.values) for c in (f, pl, hd, ot))
         t.add_row(r.label, r.unit, fmt_value(r, vf), fmt_req(f), fmt_value(r, vp), fmt_req(pl), fmt_value(r, vh),
-                  fmt_req(hd), fmt_ratio(goodness(r, vh, vf), r.goal), fmt_ratio(goodness(r, vh, vp), None),
-                  fmt_value(r, vo), fmt_ratio(goodness(r, vo, vf), r.goal), f"≥ {r.goal:g}")
+                  fmt_req(hd), fmt_ratio(paired(goodness, r, hd, f), r.goal),
+                  fmt_ratio(paired(goodness, r, hd, pl), None), fmt_value(r, vo),
+                  fmt_ratio(paired(goodness, r, ot, f), r.goal), f"≥ {r.goal:.1f}")
     return t
 
 
@@ -180,15 +188,15 @@ def growth(r: Row, small: float, large: float) -> float:
 def table3(rs: list[Row], cells: dict[str, dict[str, Cell]], headline: str, scale_info: dict) -> Table:
     t = Table(title=f"Table 3: how cost grows — daxfs {headline}, 1 GiB image vs {scale_info['image_bytes'] // GiB} "
                     f"GiB image with {scale_info['files']:,} files and a {scale_info['pwrite_file_extents']:,}-extent "
-                    "pwrite file; growth = cost large / cost small")
+                    "pwrite file; growth = cost large / cost small, median over rounds")
     for col, just in [("row", "left"), ("unit", "left"), ("small", "right"), ("req", "right"), ("large", "right"),
                       ("req", "right"), ("growth", "right"), ("goal", "right")]:
         t.add_column(col, justify=just)
     for r in rs:
         s, big = cells[headline][r.key], cells[SCALE][r.key]
-        vs, vb = summarize(r, s), summarize(r, big)
+        vs, vb = median(s.values), median(big.values)
         t.add_row(r.label, r.unit, fmt_value(r, vs), fmt_req(s), fmt_value(r, vb), fmt_req(big),
-                  fmt_ratio(growth(r, vs, vb), 1.2, below=True), "≤ 1.2")
+                  fmt_ratio(paired(growth, r, s, big), 1.2, below=True), "≤ 1.2")
     return t
 
 
@@ -232,16 +240,20 @@ def json_report(rs: list[Row], cells: dict[str, dict[str, Cell]], names: list[st
                "goal_vs_fair": r.goal, "systems": {}}
         for n in names:
             c = cells[n][r.key]
-            row["systems"][n] = {"median": summarize(r, c), "p90": p90(c.values) if r.per_call else None,
-                                 "per_round": None if r.per_call else c.values,
+            row["systems"][n] = {"median": median(c.values), "p90": p90(c.values) if r.per_call else None,
+                                 "per_round": c.rounds,
                                  "samples": len(c.values), "ops": c.ops, "requests_per_op": c.per_op(),
                                  "requests_by_op": c.by_op()}
-        v = {n: row["systems"][n]["median"] for n in names}
-        row["ratios"] = {f"{headline}_vs_fair": goodness(r, v[headline], v[FAIR]),
-                         f"{headline}_vs_plain": goodness(r, v[headline], v[PLAIN]),
-                         f"{other}_vs_fair": goodness(r, v[other], v[FAIR])}
-        if SCALE in v:
-            row["growth_scale"] = growth(r, v[headline], v[SCALE])
+        c = cells
+        pairs = {f"{headline}_vs_fair": (goodness, headline, FAIR), f"{headline}_vs_plain": (goodness, headline, PLAIN),
+                 f"{other}_vs_fair": (goodness, other, FAIR)}
+        if SCALE in names:
+            pairs["growth_scale"] = (growth, headline, SCALE)
+        row["ratios"] = {k: paired(fn, r, c[a][r.key], c[b][r.key]) for k, (fn, a, b) in pairs.items()}
+        row["ratios_per_round"] = {k: [fn(r, x, y) for x, y in zip(c[a][r.key].rounds, c[b][r.key].rounds)]
+                                   for k, (fn, a, b) in pairs.items()}
+        row["ratios_of_medians"] = {k: fn(r, median(c[a][r.key].values), median(c[b][r.key].values))
+                                    for k, (fn, a, b) in pairs.items()}
         out_rows.append(row)
     return {"rows": out_rows, **extra}
 
@@ -386,7 +398,8 @@ def main(quick: bool, rounds: int | None, seq_mib: int | None, headline: str, sc
                       f"{p.mkdirs} mkdir+rmdir, {p.renames} renames, {p.listings} listing(s) of {p.readdir_entries:,} "
                       f"entries, {p.sqlite_inserts} SQLite inserts, a {len(tar_bytes) / MiB:.1f} MiB tar of "
                       f"{p.tar_files:,} files ({tar_data / MiB:.1f} MiB of data). µs/ms rows: median of all calls; "
-                      "others: median of rounds. req: requests in the measured region / operations, all rounds; "
+                      "others: median of rounds. Ratios: median over rounds of each round's ratio. "
+                      "req: requests in the measured region / operations, all rounds; "
                       "seq rows: per 1 MiB read/write call.")
         console.print()
         console.print(requests_table(all_rows, cells, names))

@@ -398,11 +398,13 @@ def rows(p: Params) -> list[Row]:
 class Cell:
     """One row on one mount, all rounds."""
     values: list[float] = field(default_factory=list)
+    rounds: list[float] = field(default_factory=list)  # one figure a round: the value, or the round's median
     ops: int = 0
     requests: dict[str, int] | None = field(default_factory=dict)  # None: the mount has no counters
 
     def add(self, values: list[float], ops: int, delta: dict[str, int] | None) -> None:
         self.values += values
+        self.rounds.append(median(values))
         self.ops += ops
         if delta is None or self.requests is None:
             self.requests = None
