@@ -31,17 +31,11 @@ from dataclasses import dataclass, field
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
-# --- the daxfs engine, used in-process to populate --scale images ---------------------------------
-# The one place that names the engine's modules: daxfs is being reorganised into daxfs/engine/ etc.,
-# so the new location is tried first and the old one after it.
+# The daxfs engine, used in-process to populate --scale images.
 sys.path.insert(0, REPO)
-try:
-    from daxfs.engine.extent import WRITTEN  # noqa: E402
-    from daxfs.engine.fs import FileSystem, mkfs  # noqa: E402
-except ImportError:
-    from daxfs.extent import WRITTEN  # noqa: E402
-    from daxfs.fs import FileSystem, mkfs  # noqa: E402
-# ---------------------------------------------------------------------------------------------------
+from daxfs.engine.extent import WRITTEN  # noqa: E402
+from daxfs.engine.fs import FileSystem  # noqa: E402
+from daxfs.engine.mkfs import mkfs  # noqa: E402
 
 KiB, MiB, GiB = 1 << 10, 1 << 20, 1 << 30
 BS = 4 * KiB
