@@ -100,15 +100,21 @@ class FsCore:
     def _begin(self, blocks: int = 0, freeing: bool = False) -> None:
         """Start an operation: refuse a read-only fs, make room in the transaction and in the bitmap.
         An operation that frees space (`freeing`) may use the RESERVE, so that a full fs can be emptied."""
-        if self.readonly:
-            raise FsError(errno.EROFS)
-        if self.journal.running_full():
-            self.commit()
+        self._begin_in_place()
         need = blocks + SLACK + (0 if freeing else RESERVE)
         if self.alloc.blocks.free_now < need and self.alloc.blocks.pending:
             self.checkpoint()  # blocks freed by committed transactions come back at checkpoint
         if self.alloc.blocks.free_now < need:
             raise FsError(errno.ENOSPC)
+
+    def _begin_in_place(self) -> None:
+        """Start an operation that allocates nothing (an overwrite of allocated blocks changes only
+        its inode's times): refuse a read-only fs, make room in the transaction. No space check, so a
+        full file system can still be overwritten, as on Linux."""
+        if self.readonly:
+            raise FsError(errno.EROFS)
+        if self.journal.running_full():
+            self.commit()
 
     def _room_for(self, blocks: int) -> int:
         """How many of `blocks` new blocks an operation that frees nothing may take now (checkpointing

@@ -59,15 +59,23 @@ class DataPath(Mappings):
         n = min(len(data), fmt.MAX_FILE_BLOCKS * BS - off)
         if n <= 0:
             raise FsError(errno.EFBIG)
-        n = self._fits(inode, off, n)
+        ext = self._extents(inode)
+        maps = ext.iomap(off // BS, (off + n - 1) // BS + 1 - off // BS)
+        if off + n <= inode.size and all(m.state == WRITTEN for m in maps):
+            # The common overwrite: no mapping changes, so nothing to allocate, zero or mark unstable.
+            self._begin_in_place()
+            self._copy_in(inode, maps, off, memoryview(data)[:n])
+            self._touch(inode)
+            return n
+        n = self._fits(maps, off, n)
         if n == 0:
             raise FsError(errno.ENOSPC)
         return self._write(inode, off, memoryview(data)[:n])
 
-    def _fits(self, inode: Inode, off: int, n: int) -> int:
-        """The longest prefix of a write of n bytes at off whose new blocks the file system can give."""
-        lo, hi = off // BS, (off + n - 1) // BS + 1
-        maps = self._extents(inode).iomap(lo, hi - lo)
+    def _fits(self, maps: list[IoMap], off: int, n: int) -> int:
+        """The longest prefix of a write of n bytes at off (over `maps`) whose new blocks the file
+        system can give."""
+        lo = off // BS
         need = sum(m.len for m in maps if m.state == HOLE)
         budget = self._room_for(need)
         if budget >= need:
@@ -95,7 +103,7 @@ class DataPath(Mappings):
         if end > inode.size:  # before the copy: growing zeroes the old EOF block past the old size
             self._grow_size(inode, end)
             inode.size = end
-        self._copy_in(inode, ext, off, data)
+        self._copy_in(inode, ext.iomap(off // BS, (end - 1) // BS + 1 - off // BS), off, data)
         self._touch(inode)
         return n
 
@@ -140,12 +148,12 @@ class DataPath(Mappings):
             start = max(end, lo)
             self.region.zero(pblk * BS + (start - lo), hi - start)
 
-    def _copy_in(self, inode: Inode, ext: ExtentMap, off: int, data: bytes | memoryview) -> None:
+    def _copy_in(self, inode: Inode, maps: list[IoMap], off: int, data: bytes | memoryview) -> None:
+        """Store data at off into the written blocks `maps` cover."""
         n = len(data)
-        first, last = off // BS, (off + n - 1) // BS
         mv = memoryview(data)
         half = n // 2
-        for m in ext.iomap(first, last - first + 1):
+        for m in maps:
             lo = max(off, m.lblk * BS)
             hi = min(off + n, (m.lblk + m.len) * BS)
             if lo - off <= half < hi - off:

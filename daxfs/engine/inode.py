@@ -11,6 +11,7 @@ above and loaded on first use, so opening a file system reads no inode at all.
 from __future__ import annotations
 
 import errno
+import operator
 import stat
 from dataclasses import dataclass, field, fields
 from typing import Any
@@ -53,13 +54,12 @@ class Inode:
 
     def pack(self, version: int) -> tuple[bytes, bytes]:
         """The record's fixed part and its nanoseconds (INODE_NSEC), as format `version` stores them."""
-        values = [getattr(self, name) for name in RECORD_FIELDS]
+        values = _record(self)
         if version == 1:
-            return fmt.INODE.pack(*values), bytes(fmt.INODE_NSEC.size)
-        secs = [divmod(getattr(self, name), 10**9) for name in TIME_FIELDS]
-        for name, (s, _) in zip(TIME_FIELDS, secs):
-            values[RECORD_FIELDS.index(name)] = s
-        return fmt.INODE.pack(*values), fmt.INODE_NSEC.pack(*(ns for _, ns in secs))
+            return fmt.INODE.pack(*values), _NO_NSEC
+        (a, an), (m, mn), (c, cn) = divmod(self.atime_ns, 10**9), divmod(self.mtime_ns, 10**9), divmod(self.ctime_ns, 10**9)
+        fixed = fmt.INODE.pack(*values[:_T], a, m, c, *values[_T + 3:])
+        return fixed, fmt.INODE_NSEC.pack(an, mn, cn)
 
     @classmethod
     def unpack(cls, raw: bytes | bytearray, off: int, version: int) -> "Inode":
@@ -93,7 +93,11 @@ class Inode:
 # The fields of the on-image record, in fmt.INODE's order (the rest of Inode lives in memory only).
 RECORD_FIELDS = tuple(f.name for f in fields(Inode))[:len(fmt.INODE.format) - 1]
 assert RECORD_FIELDS[-1] == "parent"
-TIME_FIELDS = ("atime_ns", "mtime_ns", "ctime_ns")  # fmt.INODE_NSEC's order
+TIME_FIELDS = ("atime_ns", "mtime_ns", "ctime_ns")  # fmt.INODE_NSEC's order, consecutive in the record
+_T = RECORD_FIELDS.index("atime_ns")
+assert RECORD_FIELDS[_T:_T + 3] == TIME_FIELDS
+_record = operator.attrgetter(*RECORD_FIELDS)  # one C call for the whole record: pack is on every write
+_NO_NSEC = bytes(fmt.INODE_NSEC.size)
 KNOWN_TYPES = {stat.S_IFREG, stat.S_IFDIR, stat.S_IFLNK, stat.S_IFIFO, stat.S_IFSOCK, stat.S_IFCHR, stat.S_IFBLK}
 
 
