@@ -108,3 +108,26 @@ def test_fsck_exit_codes(image, tmp_path):
 
     r = daxfs("fsck", str(tmp_path / "missing.img"))
     assert r.returncode == 8 and len(r.stderr.splitlines()) == 1 and r.stdout == ""
+
+
+def test_mkfs_takes_fractional_sizes(tmp_path):
+    r = daxfs("mkfs", str(tmp_path / "f.img"), "--size", "1.5G")
+    assert r.returncode == 0 and os.path.getsize(tmp_path / "f.img") == 3 << 29, r.stderr
+
+
+def test_a_closed_pipe_ends_inspect_quietly(image):
+    p = subprocess.run(f"{sys.executable} -m daxfs.cli inspect {image} | head -1", shell=True, capture_output=True,
+                       text=True, timeout=60)
+    assert p.stdout.startswith("image") and p.stderr == "", p.stderr
+
+
+def test_inspect_says_a_healthy_journal_ends_normally(image):
+    r = daxfs("inspect", image)
+    line = next(ln for ln in r.stdout.splitlines() if ln.startswith("journal ends"))
+    assert "normal" in line and "magic" not in line, line
+
+
+def test_top_level_help_cuts_no_description():
+    r = daxfs("--help")
+    commands = r.stdout.split("Commands:")[1]
+    assert r.returncode == 0 and "..." not in commands and len(commands.splitlines()) > 8, r.stdout
