@@ -39,12 +39,12 @@ def friendly(code: int = 1):
                 return fn(*args, **kwargs)
             except DaxfsError as e:
                 fail(str(e), code)
+            except BrokenPipeError:  # before OSError, of which it is one
+                quiet_exit_on_closed_pipe()
             except OSError as e:
                 fail(f"{e.filename + ': ' if e.filename else ''}{e.strerror or e}", code)
             except KeyboardInterrupt:
                 fail("interrupted", 130)
-            except BrokenPipeError:
-                quiet_exit_on_closed_pipe()
         return inner
     return wrap
 
