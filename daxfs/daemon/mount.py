@@ -11,10 +11,18 @@ A SIGKILL skips the last three steps; the next mount's replay does their work.
 
 While mounted, the daemon holds an exclusive flock on the image, so that no second daemon, mkfs or
 writer can open it underneath.
+
+What the daemon creates outside the mount, it creates so that no other user can pre-create, replace
+or redirect it (docs/dax.md, "Who may reach the sockets"):
+  - the state directory (the control socket, the descriptor socket, the direct-access board): one per
+    image inside a base directory private to the user who mounts (state_base), each made with mkdir
+    and then checked through a descriptor opened without following symlinks: a directory, ours, of
+    exactly the mode we want; anything else is refused with one line saying what to remove.
 """
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import hashlib
 import json
@@ -48,19 +56,82 @@ def lock_image(path: str) -> int:
     return fd
 
 
-def control_socket_path(image: str) -> str:
-    """One directory per image (a killed daemon's socket is replaced by the next mount's, not
-    leaked), mode 0711: other users reach the socket by the name the xattr gives, cannot list."""
-    digest = hashlib.sha1(os.path.realpath(image).encode()).hexdigest()[:16]
-    d = os.path.join(tempfile.gettempdir(), f"daxfs-{os.getuid()}-{digest}")
+CONTROL_SOCKET = "control"
+RUN_DIR = "/run"
+
+
+def state_base(uid: int, environ=os.environ) -> str:
+    """Where a user's daemons keep their state directories, a place no other user can create first:
+    for root /run/daxfs; for others $XDG_RUNTIME_DIR/daxfs if that is a directory of theirs with mode
+    0700 (systemd's /run/user/UID), else TMPDIR's daxfs-UID (which another user could make first:
+    private_dir then refuses it, and says so)."""
+    if uid == 0 and os.path.isdir(RUN_DIR):
+        return os.path.join(RUN_DIR, "daxfs")
+    xdg = environ.get("XDG_RUNTIME_DIR", "")
+    if uid != 0 and os.path.isabs(xdg):
+        try:
+            st = os.stat(xdg)
+        except OSError:
+            st = None
+        if st is not None and stat.S_ISDIR(st.st_mode) and st.st_uid == uid and stat.S_IMODE(st.st_mode) == 0o700:
+            return os.path.join(xdg, "daxfs")
+    return os.path.join(tempfile.gettempdir(), f"daxfs-{uid}")
+
+
+def private_dir(path: str, mode: int, uid: int, fix_mode: bool = False) -> None:
+    """Make directory `path` (mkdir, so that nothing already there is taken over) or find it, then check
+    it through a descriptor opened with O_NOFOLLOW: a directory (not a symlink), owned by uid, with
+    exactly `mode` (fix_mode: set it, for a directory inside one already checked). DaxfsError, one
+    line saying what is wrong and what to remove, if it is not ours."""
+    created = False
     try:
-        os.mkdir(d, 0o711)
+        os.mkdir(path, 0o700)
+        created = True
     except FileExistsError:
-        st = os.lstat(d)
-        if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.getuid():
-            raise DaxfsError(f"{d}: exists and is not a directory of ours; remove it") from None
-    os.chmod(d, 0o711)
-    return os.path.join(d, "control")
+        pass
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError as e:
+        if os.path.islink(path):
+            raise DaxfsError(f"{path} is a symlink, not daxfs's own directory; refusing to follow it "
+                             "(remove it)") from None
+        if e.errno == errno.ENOTDIR:
+            raise DaxfsError(f"{path} is not a directory; remove it (daxfs keeps its sockets there)") from None
+        raise DaxfsError(f"{path}: {e.strerror}") from None
+    try:
+        st = os.fstat(fd)
+        if st.st_uid != uid:
+            raise DaxfsError(f"{path} belongs to uid {st.st_uid}, not to uid {uid} who mounts: another user made "
+                             "it; remove it (daxfs keeps its sockets there)")
+        if created or fix_mode:
+            os.fchmod(fd, mode)  # mkdir's mode went through the umask
+        elif stat.S_IMODE(st.st_mode) != mode:
+            raise DaxfsError(f"{path} has mode {stat.S_IMODE(st.st_mode):04o}, not {mode:04o}: others could change "
+                             f"what is in it; remove it, or chmod {mode:o} it")
+    finally:
+        os.close(fd)
+
+
+def state_directory(image: str, image_owner: int) -> str:
+    """The image's state directory, made or checked (private_dir): one per image, so that a killed
+    daemon's sockets and board are found and replaced by the next mount of that image. It is the
+    mounter's, mode 0700: only root and the mounter may reach the sockets in it. When root mounts
+    another user's image, that user must reach them too (direct access is for root and the image's
+    owner): then the base and the image's directory are 0711 (no one else may list or create in them)
+    and the sockets themselves, 0600, belong to the image's owner (socket_owner)."""
+    uid = os.getuid()
+    base = state_base(uid)
+    private_dir(base, 0o711 if uid == 0 else 0o700, uid)
+    digest = hashlib.sha1(os.path.realpath(image).encode()).hexdigest()[:16]
+    d = os.path.join(base, digest)
+    private_dir(d, 0o711 if uid == 0 and image_owner != 0 else 0o700, uid, fix_mode=True)
+    return d
+
+
+def socket_owner(image_owner: int) -> int:
+    """Who, besides root, may connect to the daemon's sockets (they are 0600): the image's owner if
+    root mounts it, else the user who mounts (another user cannot be given a file)."""
+    return image_owner if os.getuid() == 0 else os.getuid()
 
 
 def serve(image: str, mountpoint: str, opts: MountOptions, tell) -> None:
@@ -86,7 +157,12 @@ def serve(image: str, mountpoint: str, opts: MountOptions, tell) -> None:
     # Exclusive even read-only: the control socket and the direct-access board are per image, so a
     # second mount would take them over from the first.
     lock_fd = lock_image(image)
-    state_dir = os.path.dirname(control_socket_path(image))
+    image_owner = os.fstat(lock_fd).st_uid
+    try:
+        state_dir = state_directory(image, image_owner)
+    except BaseException:
+        os.close(lock_fd)
+        raise
     revoke_stale(state_dir)  # direct mappings a killed predecessor handed out, before any block is reused
     for point, nth in opts.crash_at:  # before the open: replay has crash points too
         crashpoint.arm(point, nth, kill_self)
@@ -107,9 +183,10 @@ def serve(image: str, mountpoint: str, opts: MountOptions, tell) -> None:
         fs.close()
         raise DaxfsError(f"cannot mount on {mountpoint}: {e}") from None
 
-    control = ControlServer(control_socket_path(image), os.getuid())
+    owner = socket_owner(image_owner)
+    control = ControlServer(os.path.join(state_dir, CONTROL_SOCKET), os.getuid(), stats, owner)
     register_crash_ops(control)
-    faults = FaultService(fs, rule, stats, state_dir, image, opts.allow_other)
+    faults = FaultService(fs, rule, stats, state_dir, image, opts.allow_other, owner)
     faults.register(control)
 
     async def main() -> None:
