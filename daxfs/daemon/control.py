@@ -143,6 +143,8 @@ class ControlServer:
     async def _dispatch(self, peer: Peer, line: bytes) -> tuple[bytes, Callable | None, bool]:
         """(the reply, what to run once it is sent, whether the connection ends after it)."""
         self.stats.control_requests += 1
+        if len(line) > MAX_MESSAGE:
+            return self._refused(f"EMSGSIZE: request of {len(line)} bytes, longer than {MAX_MESSAGE}"), None, True
         try:
             req = decode(line)
         except ProtocolError as e:

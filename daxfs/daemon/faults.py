@@ -171,11 +171,18 @@ class FaultService:
         async with trio.open_nursery() as nursery:
             await nursery.start(self._serve_fds)
             task_status.started()
+            starved = False
             while True:
                 await trio.sleep(REAP_INTERVAL)
                 try:
                     self._reap()
-                except Exception:  # e.g. EMFILE reading /proc: try again next round, never die of it
+                    starved = False
+                except OSError as e:  # no descriptor left to read /proc with: try again next round
+                    if not starved:
+                        log.warning("cannot look for mappings of dead processes (%s); trying again every %.0f s",
+                                    e.strerror or e, REAP_INTERVAL)
+                        starved = True
+                except Exception:  # never die of it either
                     self.stats.request_errors += 1
                     log.exception("looking for mappings of dead processes failed; trying again in %.0f s",
                                   REAP_INTERVAL)
@@ -215,8 +222,8 @@ class FaultService:
         if error:
             raise ControlError(error)
 
-    def _own(self, peer: Peer, req: dict) -> Client:
-        c = self.clients.get(field(req, "id", int, 1, MAX_ID))
+    def _own(self, peer: Peer, map_id: int) -> Client:
+        c = self.clients.get(map_id)
         if c is None or c.pid != peer.pid:
             raise ControlError("EBADF: no such mapping in this process (unmapped, or the daemon restarted)")
         return c
@@ -260,10 +267,11 @@ class FaultService:
     async def _fault(self, peer: Peer, req: dict) -> dict:
         t0 = time.perf_counter()
         self._check(peer)
-        c = self._own(peer, req)
+        map_id = field(req, "id", int, 1, MAX_ID)
         page = field(req, "page", int, 0, MAX_FILE_BLOCKS)
         count = field(req, "count", int, 1, MAX_FAULT_PAGES)
         write = field(req, "write", bool, default=False)
+        c = self._own(peer, map_id)
         runs, tid = self.fs.dax_fault(c.dm, page, count, write)
         # VM_FAULT_NEEDDSYNC: a sync mapping's block mapping is committed before the page is writable
         waited = write and c.sync and await self.rule.commit_before_ack(tid)
@@ -277,7 +285,7 @@ class FaultService:
     @_answers
     async def _sync(self, peer: Peer, req: dict) -> dict:
         self._check(peer)
-        c = self._own(peer, req)
+        c = self._own(peer, field(req, "id", int, 1, MAX_ID))
         stale = self.fs.dax_take_stale(c.dm)
         more = len(stale) > MAX_STALE
         if more:  # the rest waits for the client's next dax_sync
@@ -288,7 +296,7 @@ class FaultService:
     @_answers
     async def _unmap(self, peer: Peer, req: dict) -> dict:
         self._check(peer)
-        self._drop(self._own(peer, req))
+        self._drop(self._own(peer, field(req, "id", int, 1, MAX_ID)))
         return {}
 
     # --- bookkeeping ------------------------------------------------------------------------------
