@@ -17,7 +17,9 @@ or redirect it (docs/dax.md, "Who may reach the sockets"):
   - the state directory (the control socket, the descriptor socket, the direct-access board): one per
     image inside a base directory private to the user who mounts (state_base), each made with mkdir
     and then checked through a descriptor opened without following symlinks: a directory, ours, of
-    exactly the mode we want; anything else is refused with one line saying what to remove.
+    exactly the mode we want; anything else is refused with one line saying what to remove;
+  - the log (open_log): O_NOFOLLOW, created 0600, refused unless it is a regular file of ours with
+    no other hard link.
 """
 
 from __future__ import annotations
@@ -80,9 +82,9 @@ def state_base(uid: int, environ=os.environ) -> str:
 
 def private_dir(path: str, mode: int, uid: int, fix_mode: bool = False) -> None:
     """Make directory `path` (mkdir, so that nothing already there is taken over) or find it, then check
-    it through a descriptor opened with O_NOFOLLOW: a directory (not a symlink), owned by uid, with
-    exactly `mode` (fix_mode: set it, for a directory inside one already checked). DaxfsError, one
-    line saying what is wrong and what to remove, if it is not ours."""
+    it through a descriptor of the name itself (O_PATH | O_NOFOLLOW, which never follows a symlink):
+    a directory, owned by uid, with exactly `mode` (fix_mode: set it, for a directory inside one
+    already checked). DaxfsError, one line saying what is wrong and what to remove, if it is not ours."""
     created = False
     try:
         os.mkdir(path, 0o700)
@@ -90,21 +92,20 @@ def private_dir(path: str, mode: int, uid: int, fix_mode: bool = False) -> None:
     except FileExistsError:
         pass
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        fd = os.open(path, os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC)
     except OSError as e:
-        if os.path.islink(path):
-            raise DaxfsError(f"{path} is a symlink, not daxfs's own directory; refusing to follow it "
-                             "(remove it)") from None
-        if e.errno == errno.ENOTDIR:
-            raise DaxfsError(f"{path} is not a directory; remove it (daxfs keeps its sockets there)") from None
         raise DaxfsError(f"{path}: {e.strerror}") from None
     try:
         st = os.fstat(fd)
+        if stat.S_ISLNK(st.st_mode):
+            raise DaxfsError(f"{path} is a symlink, not daxfs's own directory; refusing to follow it (remove it)")
+        if not stat.S_ISDIR(st.st_mode):
+            raise DaxfsError(f"{path} is not a directory; remove it (daxfs keeps its sockets there)")
         if st.st_uid != uid:
             raise DaxfsError(f"{path} belongs to uid {st.st_uid}, not to uid {uid} who mounts: another user made "
                              "it; remove it (daxfs keeps its sockets there)")
         if created or fix_mode:
-            os.fchmod(fd, mode)  # mkdir's mode went through the umask
+            os.chmod(f"/proc/self/fd/{fd}", mode)  # this very directory (mkdir's mode went through the umask)
         elif stat.S_IMODE(st.st_mode) != mode:
             raise DaxfsError(f"{path} has mode {stat.S_IMODE(st.st_mode):04o}, not {mode:04o}: others could change "
                              f"what is in it; remove it, or chmod {mode:o} it")
@@ -120,18 +121,54 @@ def state_directory(image: str, image_owner: int) -> str:
     owner): then the base and the image's directory are 0711 (no one else may list or create in them)
     and the sockets themselves, 0600, belong to the image's owner (socket_owner)."""
     uid = os.getuid()
-    base = state_base(uid)
-    private_dir(base, 0o711 if uid == 0 else 0o700, uid)
-    digest = hashlib.sha1(os.path.realpath(image).encode()).hexdigest()[:16]
-    d = os.path.join(base, digest)
+    d = state_path(image)
+    private_dir(os.path.dirname(d), 0o711 if uid == 0 else 0o700, uid)
     private_dir(d, 0o711 if uid == 0 and image_owner != 0 else 0o700, uid, fix_mode=True)
     return d
+
+
+def state_path(image: str) -> str:
+    """Where state_directory(image) is, for this user (nothing is made or checked)."""
+    digest = hashlib.sha1(os.path.realpath(image).encode()).hexdigest()[:16]
+    return os.path.join(state_base(os.getuid()), digest)
 
 
 def socket_owner(image_owner: int) -> int:
     """Who, besides root, may connect to the daemon's sockets (they are 0600): the image's owner if
     root mounts it, else the user who mounts (another user cannot be given a file)."""
     return image_owner if os.getuid() == 0 else os.getuid()
+
+
+def open_log(path: str) -> int:
+    """The daemon's log, opened to append as its stdout and stderr: never through a symlink (O_NOFOLLOW),
+    created 0600, and refused unless it is a regular file owned by the user who mounts with no other
+    hard link; someone who can write the log's directory must not make the daemon append elsewhere."""
+    uid = os.getuid()
+    try:  # O_NONBLOCK: a FIFO planted there must not block the open
+        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK,
+                     0o600)
+    except OSError as e:
+        if e.errno == errno.ELOOP:
+            raise DaxfsError(f"{path} is a symlink; refusing to follow it (remove it, or give -o log=FILE)") from None
+        if os.path.lexists(path) and not stat.S_ISREG(os.lstat(path).st_mode):  # a directory, a FIFO (ENXIO)
+            raise DaxfsError(f"{path} is not a regular file; refusing it as the log (remove it, or give -o log=FILE)") \
+                from None
+        raise DaxfsError(f"{path}: cannot open the log: {e.strerror}") from None
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise DaxfsError(f"{path} is not a regular file; refusing it as the log (remove it, or give -o log=FILE)")
+        if st.st_uid != uid:
+            raise DaxfsError(f"{path} belongs to uid {st.st_uid}, not to uid {uid} who mounts; refusing to append "
+                             "to it (remove it, or give -o log=FILE)")
+        if st.st_nlink != 1:
+            raise DaxfsError(f"{path} has {st.st_nlink} hard links; refusing to append to a file linked elsewhere "
+                             "(remove it, or give -o log=FILE)")
+        os.set_blocking(fd, True)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
 
 
 def serve(image: str, mountpoint: str, opts: MountOptions, tell) -> None:
@@ -225,8 +262,8 @@ def start_background(image: str, mountpoint: str, opts: MountOptions, echo, warn
     answers (0) or the daemon gave up (1), echoing what it reported. `warn` (default: echo) gets the
     daemon's error lines, and a line of our own if it died without one."""
     logpath = opts.log or image + ".log"
+    logfd = open_log(logpath)
     read_fd, write_fd = os.pipe()
-    logfd = os.open(logpath, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
     cmd = [sys.executable, "-m", "daxfs.cli", "mount", image, mountpoint, "-f", "--ready-fd", str(write_fd),
            "-o", opts.to_string()]
     proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=logfd, stderr=logfd, pass_fds=(write_fd,),
