@@ -131,7 +131,8 @@ class ControlServer:
                         return
                 if len(buf) > MAX_MESSAGE:
                     self.stats.control_refusals += 1
-                    await _send(stream, encode({"ok": False, "error": f"EMSGSIZE: request longer than {MAX_MESSAGE} bytes"}))
+                    error = f"EMSGSIZE: request longer than {MAX_MESSAGE} bytes"
+                    await _send(stream, encode({"ok": False, "error": error}))
                     return
                 if not buf:
                     deadline = math.inf

@@ -116,8 +116,9 @@ def mmap(path: str | os.PathLike, length: int, flags: int = MAP_SHARED, offset: 
     try:
         conn = ControlClient(control)
     except PermissionError:  # the sockets are 0600: root's and the image owner's only
-        raise PermissionError(errno.EACCES, f"{os.fspath(path)}: direct access is for root and the image's owner: "
-                              f"this user may not reach the daemon's socket {control}; use read() and write()") from None
+        raise PermissionError(errno.EACCES, f"{os.fspath(path)}: direct access is for root and the image's "
+                              f"owner: this user may not reach the daemon's socket {control}; use read() and "
+                              "write()") from None
     try:
         reply = _ask(conn, "dax_map", OSError, ino=st.st_ino, offset=int(offset), length=int(length), write=write,
                      sync=sync)
