@@ -203,7 +203,11 @@ def serve(image: str, mountpoint: str, opts: MountOptions, tell) -> None:
     revoke_stale(state_dir)  # direct mappings a killed predecessor handed out, before any block is reused
     for point, nth in opts.crash_at:  # before the open: replay has crash points too
         crashpoint.arm(point, nth, kill_self)
-    fs = FileSystem.open(image, readonly=opts.ro, durable=opts.msync)
+    try:
+        fs = FileSystem.open(image, readonly=opts.ro, durable=opts.msync)
+    except BaseException:
+        shutil.rmtree(state_dir, ignore_errors=True)  # empty: its board is revoked, no socket yet
+        raise
     r = fs.open_report
     if r.was_dirty:
         tell(f"{image} was not unmounted cleanly: replayed {r.replayed} committed transactions, "
@@ -218,6 +222,7 @@ def serve(image: str, mountpoint: str, opts: MountOptions, tell) -> None:
         pyfuse3.init(ops, mountpoint, fuse_opts)
     except RuntimeError as e:
         fs.close()
+        shutil.rmtree(state_dir, ignore_errors=True)
         raise DaxfsError(f"cannot mount on {mountpoint}: {e}") from None
 
     owner = socket_owner(image_owner)
