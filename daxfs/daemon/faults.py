@@ -10,15 +10,18 @@ time it touches the page:
              null is the zero page (a hole or an unwritten block, read). A write fault of a MAP_SYNC
              mapping whose blocks are unstable commits first and answers after: the seed's
              VM_FAULT_NEEDDSYNC, flush the metadata, then make the page writable.
-  dax_sync   {id} -> {epoch, revoked, stale: [pages]}  what changed since the client looked
+  dax_sync   {id} -> {epoch, revoked, stale: [pages], more}  what changed since the client looked
+             (more: the list went on beyond MAX_STALE pages; ask again)
   dax_unmap  {id} -> {}
-Refusals are {"ok": false, "error": "EACCES: ..."}: an errno name, then what happened.
+Refusals are {"ok": false, "error": "EACCES: ..."}: an errno name, then what happened. Every op checks
+its caller (SO_PEERCRED: root or the image's owner, and allow_other) before it reads a field, then
+every field's type and range (protocol.field) before it uses one; a count is at most MAX_FAULT_PAGES.
 
 The image itself reaches the client through a second socket (`fds` in the reply): one request,
-answered with two file descriptors (SCM_RIGHTS), the image (read-only unless a writable mapping was
-asked for) and the board. Only root and the image's owner get them, whatever the file's mode says:
-the image holds every file's data, and a process holding its descriptor can read or write any
-block of it. A third user must go through read() and write() (docs/dax.md).
+{"write": bool}, answered with two file descriptors (SCM_RIGHTS), the image (read-only unless a
+writable mapping was asked for) and the board. Only root and the image's owner get them, whatever
+the file's mode says: the image holds every file's data, and a process holding its descriptor can
+read or write any block of it. A third user must go through read() and write() (docs/dax.md).
 
 The board is a small shared file of 64-bit words, one slot per mapping, which the client reads
 before every access (no system call): its mapping's epoch. The daemon bumps it when pages the
@@ -30,6 +33,7 @@ next daemon starts (revoke_stale): a mapping never outlives the daemon that hand
 from __future__ import annotations
 
 import array
+import contextlib
 import functools
 import logging
 import mmap
@@ -42,13 +46,14 @@ import pyfuse3
 import trio
 
 from daxfs.engine import crashpoint
-from daxfs.daemon.control import ControlServer, Peer, peer_of, serve_unix
+from daxfs.daemon.control import LINE_TIMEOUT, SEND_TIMEOUT, ControlServer, Peer, serve_unix
 from daxfs.daemon.proc import groups, start_time
 from daxfs.daemon.stats import DaemonStats
 from daxfs.daemon.syncrule import SyncRule
-from daxfs.dax.protocol import ControlError, ProtocolError, decode, encode, refusal
+from daxfs.dax.protocol import (MAX_FAULT_PAGES, MAX_ID, ControlError, ProtocolError, decode, encode, field,
+                                refusal)
 from daxfs.engine.errors import CorruptImage, FsError
-from daxfs.engine.format import BLOCK_SIZE as BS
+from daxfs.engine.format import BLOCK_SIZE as BS, MAX_FILE_BLOCKS
 from daxfs.engine.fs import FileSystem
 from daxfs.engine.mappings import DaxMapping
 from daxfs.engine.inode import Inode
@@ -59,6 +64,9 @@ BOARD = "board"
 FD_SOCKET = "dax"
 SLOTS = 4096  # live mappings per mount (slot 0 is never used)
 REAP_INTERVAL = 2.0  # seconds between looks for mappings of processes that died
+MAX_BYTES = MAX_FILE_BLOCKS * BS  # the largest offset or length a mapping may have
+MAX_STALE = 4096  # stale pages in one dax_sync answer (so that it fits in a message)
+FDS_REQUEST = 4096  # bytes in the one request of the descriptor socket
 
 
 def revoke_stale(state_dir: str) -> None:
@@ -66,7 +74,7 @@ def revoke_stale(state_dir: str) -> None:
     board, which those clients still read, then remove it. Call before the file system opens."""
     path = os.path.join(state_dir, BOARD)
     try:
-        fd = os.open(path, os.O_RDWR | os.O_CLOEXEC)
+        fd = os.open(path, os.O_RDWR | os.O_CLOEXEC | os.O_NOFOLLOW | os.O_NONBLOCK)
     except FileNotFoundError:
         return
     try:
@@ -80,14 +88,14 @@ class Board:
     """The shared slots: word i is mapping i's epoch, 0 when revoked or free."""
 
     def __init__(self, path: str) -> None:
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
         try:
             os.ftruncate(fd, SLOTS * 8)
             self._mm = mmap.mmap(fd, SLOTS * 8)
         finally:
             os.close(fd)
         self.words = memoryview(self._mm).cast("Q")
-        self.ro_fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)  # what clients are given
+        self.ro_fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)  # what clients are given
         self.free = list(range(SLOTS - 1, 0, -1))
 
     def take(self, epoch: int) -> int:
@@ -136,7 +144,7 @@ def _answers(fn):
 
 class FaultService:
     def __init__(self, fs: FileSystem, rule: SyncRule, stats: DaemonStats, state_dir: str, image: str,
-                 allow_other: bool) -> None:
+                 allow_other: bool, socket_owner: int | None = None) -> None:
         self.fs = fs
         self.rule = rule
         self.stats = stats
@@ -147,6 +155,7 @@ class FaultService:
         self.image_rw = None if fs.readonly else os.open(image, os.O_RDWR | os.O_CLOEXEC)
         self.board = Board(os.path.join(state_dir, BOARD))
         self.fd_path = os.path.join(state_dir, FD_SOCKET)
+        self.socket_owner = self.mounter if socket_owner is None else socket_owner
         self.clients: dict[int, Client] = {}  # by mapping id
         self.epoch = 1
         fs.dax_notify = self._changed
@@ -162,9 +171,21 @@ class FaultService:
         async with trio.open_nursery() as nursery:
             await nursery.start(self._serve_fds)
             task_status.started()
+            starved = False
             while True:
                 await trio.sleep(REAP_INTERVAL)
-                self._reap()
+                try:
+                    self._reap()
+                    starved = False
+                except OSError as e:  # no descriptor left to read /proc with: try again next round
+                    if not starved:
+                        log.warning("cannot look for mappings of dead processes (%s); trying again every %.0f s",
+                                    e.strerror or e, REAP_INTERVAL)
+                        starved = True
+                except Exception:  # never die of it either
+                    self.stats.request_errors += 1
+                    log.exception("looking for mappings of dead processes failed; trying again in %.0f s",
+                                  REAP_INTERVAL)
 
     def close(self) -> None:
         self.board.close()
@@ -195,8 +216,14 @@ class FaultService:
         need = 0o6 if write else 0o4
         return bits & need == need
 
-    def _own(self, peer: Peer, req: dict) -> Client:
-        c = self.clients.get(int(req["id"]))
+    def _check(self, peer: Peer) -> None:
+        """Every op's first step: is the caller one who may use direct access at all?"""
+        error = self._refusal(peer)
+        if error:
+            raise ControlError(error)
+
+    def _own(self, peer: Peer, map_id: int) -> Client:
+        c = self.clients.get(map_id)
         if c is None or c.pid != peer.pid:
             raise ControlError("EBADF: no such mapping in this process (unmapped, or the daemon restarted)")
         return c
@@ -204,21 +231,29 @@ class FaultService:
     # --- the ops ----------------------------------------------------------------------------------
     @_answers
     async def _map(self, peer: Peer, req: dict) -> dict:
+        self._check(peer)
+        ino = field(req, "ino", int, 1, MAX_ID)
+        off = field(req, "offset", int, 0, MAX_BYTES)
+        length = field(req, "length", int, 1, MAX_BYTES)
+        write = field(req, "write", bool, default=False)
+        want_sync = field(req, "sync", bool, default=False)
+        if off % BS:
+            raise ControlError(f"EINVAL: field 'offset' must be a multiple of the page size ({BS})")
         self._reap()
-        refusal = self._refusal(peer)
-        if refusal:
-            raise ControlError(refusal)
-        ino, off, length = int(req["ino"]), int(req["offset"]), int(req["length"])
-        write = bool(req.get("write"))
-        if off < 0 or off % BS or length <= 0:
-            raise ControlError("EINVAL: the offset must be a multiple of the page size, the length positive")
         inode = self.fs.inode(ino)
         if not self._may(peer, inode, write):
             raise ControlError(f"EACCES: uid {peer.uid} may not {'write' if write else 'read'} inode {ino}")
+        started = start_time(peer.pid)
+        if not started:  # gone already: _reap could never tell that its mapping died
+            raise ControlError(f"ESRCH: process {peer.pid} is gone")
         dm = self.fs.dax_map(ino, off // BS, -(-length // BS), write)
-        sync = self.rule.is_sync(ino, bool(req.get("sync")))
-        self.epoch += 1
-        c = Client(dm, peer.pid, start_time(peer.pid), sync, self.board.take(self.epoch), self.epoch)
+        try:
+            sync = self.rule.is_sync(ino, want_sync)
+            self.epoch += 1
+            c = Client(dm, peer.pid, started, sync, self.board.take(self.epoch), self.epoch)
+        except BaseException:
+            self.fs.dax_unmap(dm)  # no slot: the mapping must not stay registered
+            raise
         self.clients[dm.id] = c
         self.stats.dax_maps += 1
         # Pages read before through handles opened before now must not be served from the page cache
@@ -231,9 +266,13 @@ class FaultService:
     @_answers
     async def _fault(self, peer: Peer, req: dict) -> dict:
         t0 = time.perf_counter()
-        c = self._own(peer, req)
-        write = bool(req.get("write"))
-        runs, tid = self.fs.dax_fault(c.dm, int(req["page"]), int(req["count"]), write)
+        self._check(peer)
+        map_id = field(req, "id", int, 1, MAX_ID)
+        page = field(req, "page", int, 0, MAX_FILE_BLOCKS)
+        count = field(req, "count", int, 1, MAX_FAULT_PAGES)
+        write = field(req, "write", bool, default=False)
+        c = self._own(peer, map_id)
+        runs, tid = self.fs.dax_fault(c.dm, page, count, write)
         # VM_FAULT_NEEDDSYNC: a sync mapping's block mapping is committed before the page is writable
         waited = write and c.sync and await self.rule.commit_before_ack(tid)
         if write:
@@ -245,12 +284,19 @@ class FaultService:
 
     @_answers
     async def _sync(self, peer: Peer, req: dict) -> dict:
-        c = self._own(peer, req)
-        return {"epoch": c.epoch, "revoked": c.dm.revoked, "stale": self.fs.dax_take_stale(c.dm)}
+        self._check(peer)
+        c = self._own(peer, field(req, "id", int, 1, MAX_ID))
+        stale = self.fs.dax_take_stale(c.dm)
+        more = len(stale) > MAX_STALE
+        if more:  # the rest waits for the client's next dax_sync
+            c.dm.stale.update(stale[MAX_STALE:])
+            stale = stale[:MAX_STALE]
+        return {"epoch": c.epoch, "revoked": c.dm.revoked, "stale": stale, "more": more}
 
     @_answers
     async def _unmap(self, peer: Peer, req: dict) -> dict:
-        self._drop(self._own(peer, req))
+        self._check(peer)
+        self._drop(self._own(peer, field(req, "id", int, 1, MAX_ID)))
         return {}
 
     # --- bookkeeping ------------------------------------------------------------------------------
@@ -276,24 +322,57 @@ class FaultService:
                 self._drop(c)
 
     async def _serve_fds(self, task_status=trio.TASK_STATUS_IGNORED) -> None:
-        await serve_unix(self.fd_path, self._hand_fds, task_status)  # anyone may ask; _refusal decides
+        await serve_unix(self.fd_path, self._hand_fds, self.stats, self.socket_owner, task_status)
 
-    async def _hand_fds(self, conn) -> None:
-        """One request ({"write": bool}), one answer: the image and board descriptors, or a refusal."""
-        with conn:
-            peer = peer_of(conn)
+    async def _hand_fds(self, conn, peer: Peer) -> None:
+        """One request ({"write": bool}), one answer: the image and board descriptors, or a refusal.
+        Anything unexpected is logged, counted and answered EIO; the connection ends either way."""
+        try:
+            line = await _read_line(conn)
+            if line is None:
+                return  # no request within LINE_TIMEOUT, or the peer went away: nothing to answer
             try:
-                write = bool(decode(await conn.recv(4096)).get("write"))
                 error = self._refusal(peer)
-                if error is None and write and self.image_rw is None:
-                    error = "EROFS: the mount is read-only"
-                if error is not None:
+                write = False
+                if error is None:
+                    write = field(decode(line), "write", bool, default=False)
+                    if write and self.image_rw is None:
+                        error = "EROFS: the mount is read-only"
+            except ProtocolError as e:
+                error = f"EINVAL: {e}"
+            except ControlError as e:
+                error = str(e)
+            if error is not None:
+                self.stats.control_refusals += 1
+                with trio.move_on_after(SEND_TIMEOUT):
                     await conn.send(encode({"ok": False, "error": error}))
-                    return
-                fds = array.array("i", [self.image_rw if write else self.image_ro, self.board.ro_fd])
+                return
+            fds = array.array("i", [self.image_rw if write else self.image_ro, self.board.ro_fd])
+            with trio.move_on_after(SEND_TIMEOUT):
                 await conn.sendmsg([encode({"ok": True})], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, fds.tobytes())])
-            except (ProtocolError, OSError):
-                return  # no request, or the peer went away: nothing to answer
+        except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
+            return  # the peer went away: its answer has nowhere to go
+        except Exception:
+            self.stats.request_errors += 1
+            log.exception("descriptor request of uid %d pid %d failed; answered EIO", peer.uid, peer.pid)
+            with contextlib.suppress(OSError), trio.move_on_after(SEND_TIMEOUT):
+                await conn.send(encode({"ok": False, "error": "EIO: internal error (see the log)"}))
+
+
+async def _read_line(conn) -> bytes | None:
+    """The descriptor socket's one request: a line of at most FDS_REQUEST bytes (longer: returned as
+    it is, for decode to refuse), or None if the peer sent no newline within LINE_TIMEOUT or left."""
+    buf = b""
+    with trio.move_on_after(LINE_TIMEOUT):
+        while b"\n" not in buf:
+            if len(buf) > FDS_REQUEST:
+                return buf
+            chunk = await conn.recv(FDS_REQUEST + 1)
+            if not chunk:
+                return None
+            buf += chunk
+        return buf.split(b"\n", 1)[0]
+    return None
 
 
 def _invalidate(ino: int, attr_only: bool) -> None:

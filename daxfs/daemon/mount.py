@@ -11,10 +11,20 @@ A SIGKILL skips the last three steps; the next mount's replay does their work.
 
 While mounted, the daemon holds an exclusive flock on the image, so that no second daemon, mkfs or
 writer can open it underneath.
+
+What the daemon creates outside the mount, it creates so that no other user can pre-create, replace
+or redirect it (docs/dax.md, "Who may reach the sockets"):
+  - the state directory (the control socket, the descriptor socket, the direct-access board): one per
+    image inside a base directory private to the user who mounts (state_base), each made with mkdir
+    and then checked through a descriptor opened without following symlinks: a directory, ours, of
+    exactly the mode we want; anything else is refused with one line saying what to remove;
+  - the log (open_log): O_NOFOLLOW, created 0600, refused unless it is a regular file of ours with
+    no other hard link.
 """
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import logging
@@ -37,19 +47,117 @@ from daxfs.engine.pmem import lock_image
 log = logging.getLogger("daxfs")
 
 
-def control_socket_path(image: str) -> str:
-    """One directory per image (a killed daemon's socket is replaced by the next mount's, not
-    leaked), mode 0711: other users reach the socket by the name the xattr gives, cannot list."""
-    digest = hashlib.sha1(os.path.realpath(image).encode()).hexdigest()[:16]
-    d = os.path.join(tempfile.gettempdir(), f"daxfs-{os.getuid()}-{digest}")
+CONTROL_SOCKET = "control"
+RUN_DIR = "/run"
+
+
+def state_base(uid: int, environ=os.environ) -> str:
+    """Where a user's daemons keep their state directories, a place no other user can create first:
+    for root /run/daxfs; for others $XDG_RUNTIME_DIR/daxfs if that is a directory of theirs with mode
+    0700 (systemd's /run/user/UID), else TMPDIR's daxfs-UID (which another user could make first:
+    private_dir then refuses it, and says so)."""
+    if uid == 0 and os.path.isdir(RUN_DIR):
+        return os.path.join(RUN_DIR, "daxfs")
+    xdg = environ.get("XDG_RUNTIME_DIR", "")
+    if uid != 0 and os.path.isabs(xdg):
+        try:
+            st = os.stat(xdg)
+        except OSError:
+            st = None
+        if st is not None and stat.S_ISDIR(st.st_mode) and st.st_uid == uid and stat.S_IMODE(st.st_mode) == 0o700:
+            return os.path.join(xdg, "daxfs")
+    return os.path.join(tempfile.gettempdir(), f"daxfs-{uid}")
+
+
+def private_dir(path: str, mode: int, uid: int, fix_mode: bool = False) -> None:
+    """Make directory `path` (mkdir, so that nothing already there is taken over) or find it, then check
+    it through a descriptor of the name itself (O_PATH | O_NOFOLLOW, which never follows a symlink):
+    a directory, owned by uid, with exactly `mode` (fix_mode: set it, for a directory inside one
+    already checked). DaxfsError, one line saying what is wrong and what to remove, if it is not ours."""
+    created = False
     try:
-        os.mkdir(d, 0o711)
+        os.mkdir(path, 0o700)
+        created = True
     except FileExistsError:
-        st = os.lstat(d)
-        if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.getuid():
-            raise DaxfsError(f"{d}: exists and is not a directory of ours; remove it") from None
-    os.chmod(d, 0o711)
-    return os.path.join(d, "control")
+        pass
+    try:
+        fd = os.open(path, os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError as e:
+        raise DaxfsError(f"{path}: {e.strerror}") from None
+    try:
+        st = os.fstat(fd)
+        if stat.S_ISLNK(st.st_mode):
+            raise DaxfsError(f"{path} is a symlink, not daxfs's own directory; refusing to follow it (remove it)")
+        if not stat.S_ISDIR(st.st_mode):
+            raise DaxfsError(f"{path} is not a directory; remove it (daxfs keeps its sockets there)")
+        if st.st_uid != uid:
+            raise DaxfsError(f"{path} belongs to uid {st.st_uid}, not to uid {uid} who mounts: another user made "
+                             "it; remove it (daxfs keeps its sockets there)")
+        if created or fix_mode:
+            os.chmod(f"/proc/self/fd/{fd}", mode)  # this very directory (mkdir's mode went through the umask)
+        elif stat.S_IMODE(st.st_mode) != mode:
+            raise DaxfsError(f"{path} has mode {stat.S_IMODE(st.st_mode):04o}, not {mode:04o}: others could change "
+                             f"what is in it; remove it, or chmod {mode:o} it")
+    finally:
+        os.close(fd)
+
+
+def state_directory(image: str, image_owner: int) -> str:
+    """The image's state directory, made or checked (private_dir): one per image, so that a killed
+    daemon's sockets and board are found and replaced by the next mount of that image. It is the
+    mounter's, mode 0700: only root and the mounter may reach the sockets in it. When root mounts
+    another user's image, that user must reach them too (direct access is for root and the image's
+    owner): then the base and the image's directory are 0711 (no one else may list or create in them)
+    and the sockets themselves, 0600, belong to the image's owner (socket_owner)."""
+    uid = os.getuid()
+    d = state_path(image)
+    private_dir(os.path.dirname(d), 0o711 if uid == 0 else 0o700, uid)
+    private_dir(d, 0o711 if uid == 0 and image_owner != 0 else 0o700, uid, fix_mode=True)
+    return d
+
+
+def state_path(image: str) -> str:
+    """Where state_directory(image) is, for this user (nothing is made or checked)."""
+    digest = hashlib.sha1(os.path.realpath(image).encode()).hexdigest()[:16]
+    return os.path.join(state_base(os.getuid()), digest)
+
+
+def socket_owner(image_owner: int) -> int:
+    """Who, besides root, may connect to the daemon's sockets (they are 0600): the image's owner if
+    root mounts it, else the user who mounts (another user cannot be given a file)."""
+    return image_owner if os.getuid() == 0 else os.getuid()
+
+
+def open_log(path: str) -> int:
+    """The daemon's log, opened to append as its stdout and stderr: never through a symlink (O_NOFOLLOW),
+    created 0600, and refused unless it is a regular file owned by the user who mounts with no other
+    hard link; someone who can write the log's directory must not make the daemon append elsewhere."""
+    uid = os.getuid()
+    try:  # O_NONBLOCK: a FIFO planted there must not block the open
+        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK,
+                     0o600)
+    except OSError as e:
+        if e.errno == errno.ELOOP:
+            raise DaxfsError(f"{path} is a symlink; refusing to follow it (remove it, or give -o log=FILE)") from None
+        if os.path.lexists(path) and not stat.S_ISREG(os.lstat(path).st_mode):  # a directory, a FIFO (ENXIO)
+            raise DaxfsError(f"{path} is not a regular file; refusing it as the log (remove it, or give -o log=FILE)") \
+                from None
+        raise DaxfsError(f"{path}: cannot open the log: {e.strerror}") from None
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise DaxfsError(f"{path} is not a regular file; refusing it as the log (remove it, or give -o log=FILE)")
+        if st.st_uid != uid:
+            raise DaxfsError(f"{path} belongs to uid {st.st_uid}, not to uid {uid} who mounts; refusing to append "
+                             "to it (remove it, or give -o log=FILE)")
+        if st.st_nlink != 1:
+            raise DaxfsError(f"{path} has {st.st_nlink} hard links; refusing to append to a file linked elsewhere "
+                             "(remove it, or give -o log=FILE)")
+        os.set_blocking(fd, True)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
 
 
 def check_mountpoint(mountpoint: str) -> None:
@@ -91,11 +199,20 @@ def serve(image: str, mountpoint: str, opts: MountOptions, tell) -> None:
     # Exclusive even read-only: the control socket and the direct-access board are per image, so a
     # second mount would take them over from the first.
     lock_fd = lock_image(image)
-    state_dir = os.path.dirname(control_socket_path(image))
+    image_owner = os.fstat(lock_fd).st_uid
+    try:
+        state_dir = state_directory(image, image_owner)
+    except BaseException:
+        os.close(lock_fd)
+        raise
     revoke_stale(state_dir)  # direct mappings a killed predecessor handed out, before any block is reused
     for point, nth in opts.crash_at:  # before the open: replay has crash points too
         crashpoint.arm(point, nth, kill_self)
-    fs = FileSystem.open(image, readonly=opts.ro, durable=opts.msync)
+    try:
+        fs = FileSystem.open(image, readonly=opts.ro, durable=opts.msync)
+    except BaseException:
+        shutil.rmtree(state_dir, ignore_errors=True)  # empty: its board is revoked, no socket yet
+        raise
     r = fs.open_report
     if r.was_dirty:
         tell(f"{image} was not unmounted cleanly: replayed {r.replayed} committed transactions, "
@@ -113,11 +230,13 @@ def serve(image: str, mountpoint: str, opts: MountOptions, tell) -> None:
         pyfuse3.init(ops, mountpoint, fuse_opts)
     except RuntimeError as e:
         fs.close()
+        shutil.rmtree(state_dir, ignore_errors=True)
         raise DaxfsError(f"cannot mount on {mountpoint}: {e}") from None
 
-    control = ControlServer(control_socket_path(image), os.getuid())
+    owner = socket_owner(image_owner)
+    control = ControlServer(os.path.join(state_dir, CONTROL_SOCKET), os.getuid(), stats, owner)
     register_crash_ops(control)
-    faults = FaultService(fs, rule, stats, state_dir, image, opts.allow_other)
+    faults = FaultService(fs, rule, stats, state_dir, image, opts.allow_other, owner)
     faults.register(control)
 
     async def main() -> None:
@@ -158,8 +277,8 @@ def start_background(image: str, mountpoint: str, opts: MountOptions, echo, warn
     answers (0) or the daemon gave up (1), echoing what it reported. `warn` (default: echo) gets the
     daemon's error lines, and a line of our own if it died without one."""
     logpath = opts.log or image + ".log"
+    logfd = open_log(logpath)
     read_fd, write_fd = os.pipe()
-    logfd = os.open(logpath, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
     cmd = [sys.executable, "-m", "daxfs.cli", "mount", image, mountpoint, "-f", "--ready-fd", str(write_fd),
            "-o", opts.to_string()]
     proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=logfd, stderr=logfd, pass_fds=(write_fd,),

@@ -57,6 +57,11 @@ class DaemonStats:
     started: float = field(default_factory=time.time)
     requests: dict[str, int] = field(default_factory=dict)  # FUSE requests served, by operation
     request_errors: int = 0  # requests that failed with an unexpected exception (answered EIO, logged)
+    # the control and descriptor sockets (control.py)
+    control_requests: int = 0  # lines received on the control socket, malformed ones too
+    control_refusals: int = 0  # answered {"ok": false}: bad input, no permission, an op's own refusal
+    connections_refused: int = 0  # closed at once: the peer's uid had too many connections open
+    accept_failures: int = 0  # accept() failed for want of descriptors or memory (backed off, retried)
     writes: int = 0
     bytes_written: int = 0
     reads: int = 0

@@ -43,7 +43,8 @@ import weakref
 
 import numpy as np
 
-from daxfs.dax.protocol import CONTROL_XATTR, ControlClient, ControlError, decode, encode, errno_of
+from daxfs.dax.protocol import (CONTROL_XATTR, MAX_FAULT_PAGES, ControlClient, ControlError, decode, encode,
+                                errno_of)
 from daxfs.engine.runs import true_runs
 
 PAGE = _mmap.PAGESIZE
@@ -112,9 +113,14 @@ def mmap(path: str | os.PathLike, length: int, flags: int = MAP_SHARED, offset: 
                           f"{os.fspath(path)}: not on a daxfs mount") from None
     finally:
         os.close(fd)
-    conn = ControlClient(control)
     try:
-        reply = _ask(conn, "dax_map", OSError, ino=st.st_ino, offset=offset, length=length, write=write,
+        conn = ControlClient(control)
+    except PermissionError:  # the sockets are 0600: root's and the image owner's only
+        raise PermissionError(errno.EACCES, f"{os.fspath(path)}: direct access is for root and the image's "
+                              f"owner: this user may not reach the daemon's socket {control}; use read() and "
+                              "write()") from None
+    try:
+        reply = _ask(conn, "dax_map", OSError, ino=st.st_ino, offset=int(offset), length=int(length), write=write,
                      sync=sync)
         try:
             image_fd, board_fd = _receive_fds(reply["fds"], write)
@@ -326,14 +332,17 @@ class Mapping:
         if self._board[self._slot] == 0:
             raise BusError(errno.EFAULT, f"{self.path}: the mapping was revoked (truncate, hole punch or unlink "
                                          "of its range, unmount, or a daemon restart)")
-        r = _ask(self._conn, "dax_sync", BusError, id=self._id)
-        if r["revoked"]:
-            raise BusError(errno.EFAULT, f"{self.path}: the mapping was revoked")
-        for page in r["stale"]:
-            rel = page - self._first
-            self._place(rel, 1, None, 0)
-            self._state[rel] = _NONE
-        self._epoch = r["epoch"]
+        while True:  # a long list of stale pages comes in parts ("more")
+            r = _ask(self._conn, "dax_sync", BusError, id=self._id)
+            if r["revoked"]:
+                raise BusError(errno.EFAULT, f"{self.path}: the mapping was revoked")
+            for page in r["stale"]:
+                rel = page - self._first
+                self._place(rel, 1, None, 0)
+                self._state[rel] = _NONE
+            self._epoch = r["epoch"]
+            if not r.get("more"):
+                return
 
     def _ensure(self, a: int, b: int, write: bool) -> None:
         """Fault in the pages of bytes [a, b) that are not there (or not writable, for a write)."""
@@ -344,8 +353,13 @@ class Mapping:
         missing = np.flatnonzero(self._state[p0:p1] < (_WRITE if write else _READ))
         if not len(missing):
             return
-        lo, hi = p0 + int(missing[0]), p0 + int(missing[-1]) + 1  # one request for the whole span
-        r = _ask(self._conn, "dax_fault", BusError, id=self._id, page=self._first + lo, count=hi - lo, write=write)
+        lo, hi = p0 + int(missing[0]), p0 + int(missing[-1]) + 1  # one request for the span (per MAX_FAULT_PAGES)
+        for start in range(lo, hi, MAX_FAULT_PAGES):
+            self._fault(start, min(hi, start + MAX_FAULT_PAGES), write)
+
+    def _fault(self, lo: int, hi: int, write: bool) -> None:
+        r = _ask(self._conn, "dax_fault", BusError, id=self._id, page=self._first + lo, count=hi - lo,
+                 write=bool(write))
         for page, n, pblk in r["runs"]:
             rel = page - self._first
             if write:

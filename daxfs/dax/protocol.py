@@ -13,7 +13,10 @@ first, as for any xattr):
 
 Control socket: one JSON object per line each way, at most MAX_MESSAGE bytes. A request names an op,
 {"op": "mark", "text": "..."}; the reply comes once the op has taken effect, {"ok": true, ...} or
-{"ok": false, "error": "ENAME: what happened"}: an errno name, then words for people.
+{"ok": false, "error": "ENAME: what happened"}: an errno name, then words for people. Every field an op
+uses is checked for its JSON type and range before it is used (field()): an integer is an integer
+(not a boolean, not a float like 1e400), a boolean is true or false. Fields an op does not know are
+ignored, so that a newer client may send more.
 """
 
 from __future__ import annotations
@@ -34,6 +37,8 @@ DEAD_MOUNT_ERRNOS = (errno.ENOTCONN, errno.ECONNABORTED)
 
 MAX_MESSAGE = 64 * 1024  # bytes in one line, either way
 MAX_DEPTH = 8  # nesting of objects and arrays in one message
+MAX_FAULT_PAGES = 1024  # pages in one dax_fault: its answer (a run per page at worst) fits in a message
+MAX_ID = (1 << 63) - 1  # inode numbers and mapping ids
 
 
 class ControlError(Exception):
@@ -78,6 +83,48 @@ def decode(line: bytes) -> dict:
     if not isinstance(obj, dict):
         raise ProtocolError("a message is a JSON object")
     return obj
+
+
+_MISSING = object()
+
+
+def _json_kind(v) -> str:
+    if v is None:
+        return "null"
+    if isinstance(v, bool):
+        return "a boolean"
+    if isinstance(v, (int, float)):
+        return "a number" if isinstance(v, int) else f"a non-integer number ({v!r})"
+    return {str: "a string", list: "an array", dict: "an object"}.get(type(v), type(v).__name__)
+
+
+def field(req: dict, name: str, kind: type, lo: int | None = None, hi: int | None = None,
+          default=_MISSING, max_len: int | None = None):
+    """req[name], checked before anyone uses it: kind int (a JSON integer, not a boolean or a float,
+    within [lo, hi]), bool (true or false) or str (at most max_len characters). Absent: `default`,
+    or refused if there is none. A refusal is EINVAL naming the field."""
+    if name not in req:
+        if default is _MISSING:
+            raise refusal(errno.EINVAL, f"field {name!r} is missing")
+        return default
+    v = req[name]
+    if kind is int:
+        if type(v) is not int:
+            raise refusal(errno.EINVAL, f"field {name!r} must be an integer, not {_json_kind(v)}")
+        if (lo is not None and v < lo) or (hi is not None and v > hi):
+            shown = str(v) if v.bit_length() <= 64 else f"a {v.bit_length()}-bit integer"
+            raise refusal(errno.EINVAL, f"field {name!r} is {shown}, outside [{lo}, {hi}]")
+    elif kind is bool:
+        if type(v) is not bool:
+            raise refusal(errno.EINVAL, f"field {name!r} must be true or false, not {_json_kind(v)}")
+    elif kind is str:
+        if type(v) is not str:
+            raise refusal(errno.EINVAL, f"field {name!r} must be a string, not {_json_kind(v)}")
+        if max_len is not None and len(v) > max_len:
+            raise refusal(errno.EINVAL, f"field {name!r} is {len(v)} characters long, more than {max_len}")
+    else:
+        raise TypeError(f"field(): no such kind {kind!r}")
+    return v
 
 
 def refusal(err: int, what: str) -> ControlError:

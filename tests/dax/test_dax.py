@@ -22,7 +22,7 @@ import pytest
 from daxfs import dax
 from daxfs.dax import mapping as dax_mapping
 from daxfs.dax.protocol import ControlClient, ControlError
-from helpers import BS, REPO, as_user, daxfs, mounted, pattern, read_file, wait_until, write_file
+from helpers import BS, REPO, as_user, daxfs, errno_as_user, mounted, pattern, read_file, wait_until, write_file
 
 pytestmark = pytest.mark.mount
 
@@ -271,10 +271,11 @@ def test_the_image_owner_maps_what_its_modes_allow_and_other_users_map_nothing(t
             write_file(j(m.mnt, name), b"data" * 1024, mode=mode, fsync=True)
             os.chown(j(m.mnt, name), uid, gid)
             os.chmod(j(m.mnt, name), mode)
-        # the image belongs to root: another user is refused even for a file anyone may write
+        # the image belongs to root: another user is refused even for a file anyone may write, and
+        # cannot even reach the daemon's socket (0600, root's)
         e = pytest.raises(PermissionError, as_user, _map_rw, "open", cwd=m.mnt)
         assert "image" in str(e.value)
-        assert "EACCES" in as_user(_ask_map, "open", False, cwd=m.mnt)
+        assert errno_as_user(_ask_map, "open", False, cwd=m.mnt) == errno.EACCES
         m.umount()
         os.chown(m.image, USER, USER)
         m.mount()
@@ -287,10 +288,21 @@ def test_the_image_owner_maps_what_its_modes_allow_and_other_users_map_nothing(t
         assert as_user(_ask_map, "secret", False, cwd=m.mnt).startswith("EACCES")
         assert as_user(_ask_map, "mine", True, cwd=m.mnt) == "ok"
         assert as_user(_ask_map, "open", True, cwd=m.mnt) == "ok"
-        # a third user is refused by the daemon itself, and gets no descriptors from it either
+        # a third user cannot reach the sockets (0600, now the image owner's) ...
+        control = os.getxattr(m.mnt, "user.daxfs.control").decode()
+        assert errno_as_user(_ask_map, "open", False, uid=USER - 1, gid=USER - 1, cwd=m.mnt) == errno.EACCES
+        assert as_user(_ask_fds, control, uid=USER - 1, gid=USER - 1).startswith("EACCES")
+        # ... and if the owner opens them to everyone, the daemon itself refuses the third user, and
+        # hands it no descriptors either
+        as_user(_open_sockets, control)
         assert "image" in as_user(_ask_map, "open", False, uid=USER - 1, gid=USER - 1, cwd=m.mnt)
-        fds = as_user(_ask_fds, os.getxattr(m.mnt, "user.daxfs.control").decode(), uid=USER - 1, gid=USER - 1)
-        assert fds.startswith("EACCES")
+        fds = as_user(_ask_fds, control, uid=USER - 1, gid=USER - 1)
+        assert fds.startswith("EACCES") and "image" in fds
+
+
+def _open_sockets(control: str) -> None:
+    for name in ("control", "dax"):
+        os.chmod(os.path.join(os.path.dirname(control), name), 0o666)
 
 
 def _ask_fds(control: str) -> str:
