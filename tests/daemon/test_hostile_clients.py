@@ -704,7 +704,8 @@ def test_a_root_client_sigkilled_during_write_faults_leaves_the_daemon_serving(d
     assert wait_until(lambda: m.stats()["dax_mappings"] == 0, timeout=15)  # the dead clients' mappings reaped
     with open(m / "after", "wb") as f:
         f.write(b"still here")
-    assert read_file(m / "after") == b"still here" and os.stat(path).st_size == PAGES * BS
+    # a child killed between its two truncates leaves the file empty: either size is a whole story
+    assert read_file(m / "after") == b"still here" and os.stat(path).st_size in (0, PAGES * BS)
     m.umount()  # succeeds: nothing is left pinned or busy
     m.fsck()
 
