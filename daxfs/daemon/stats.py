@@ -57,6 +57,7 @@ class DaemonStats:
     started: float = field(default_factory=time.time)
     requests: dict[str, int] = field(default_factory=dict)  # FUSE requests served, by operation
     request_errors: int = 0  # requests that failed with an unexpected exception (answered EIO, logged)
+    fuse_shim: bool = False  # fallocate, SEEK_DATA/SEEK_HOLE and copy_file_range reach us (fuseshim.py)
     writes: int = 0
     bytes_written: int = 0
     reads: int = 0
