@@ -10,6 +10,10 @@ the daemon down: an unexpected exception in a handler is logged with its traceba
 Each handler runs its engine calls without an await in between, so two requests never interleave
 inside one metadata change; the only await in a request is the wait for a commit.
 
+fallocate, lseek (SEEK_DATA/SEEK_HOLE) and copy_file_range are not pyfuse3's: the C shim delivers
+them (fuseshim.py) to synchronous handlers that return the reply, or a coroutine when the reply
+must wait for a commit.
+
 Caching: the kernel may cache attributes and entries for ATTR_TIMEOUT seconds because every change
 reaches the file system through this daemon, which invalidates the kernel's copy where it changes
 something behind the kernel's back (preallocation through the side channel). The writeback cache

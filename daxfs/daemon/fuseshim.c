@@ -97,6 +97,8 @@ struct fuse_session *fuse_session_new(struct fuse_args *args, const struct fuse_
 		fprintf(stderr, "daxfs fuseshim: libfuse3's fuse_session_new@FUSE_3.0 not found: %s\n", dlerror());
 		return NULL;
 	}
+	if (op_size > sizeof ops)  /* pyfuse3 built against newer headers: its newest entries are lost */
+		fprintf(stderr, "daxfs fuseshim: operations table of %zu bytes, we know %zu\n", op_size, sizeof ops);
 	memset(&ops, 0, sizeof ops);
 	memcpy(&ops, op, op_size < sizeof ops ? op_size : sizeof ops);
 	ops.fallocate = do_fallocate;

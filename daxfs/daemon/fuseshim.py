@@ -25,6 +25,7 @@ import inspect
 import logging
 import os
 import sys
+import threading
 from ctypes import c_int, c_int64, c_uint64, c_void_p
 from typing import Callable
 
@@ -58,7 +59,13 @@ class Shim:
         return self.lib.daxfs_shim_sessions()
 
     def attach(self, ops) -> None:
+        """Call on the thread that will run trio (and so pyfuse3's loop): the handlers refuse any other."""
+        loop_thread = threading.get_ident()
+
         def call(op: int, fn: Callable, req: int, *args) -> int:
+            if threading.get_ident() != loop_thread:  # pyfuse3 changed how it runs requests: unsafe
+                log.error("FUSE shim: operation %d called off pyfuse3's loop thread; answered EIO", op)
+                return -errno.EIO
             try:  # an exception must not escape: ctypes would print it and reply 0, success
                 r = fn(*args)
                 if inspect.iscoroutine(r):
