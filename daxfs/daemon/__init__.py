@@ -8,6 +8,8 @@
   committer.py  group commit (one journal commit serves every request that waits), periodic commit
   stats.py      counters and the seed's latency histograms      options.py  mount options
   proc.py       processes as /proc shows them
+  fuseshim.py   fallocate, SEEK_DATA/SEEK_HOLE and copy_file_range, which pyfuse3 cannot receive,
+                through the C shim fuseshim.c (loaded before pyfuse3; docs/design.md)
 
 Only mount.serve() imports pyfuse3 and trio at run time; start_background() and unmount() do not,
 so the CLI and daxfs.testing stay light.

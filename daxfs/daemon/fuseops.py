@@ -10,6 +10,10 @@ the daemon down: an unexpected exception in a handler is logged with its traceba
 Each handler runs its engine calls without an await in between, so two requests never interleave
 inside one metadata change; the only await in a request is the wait for a commit.
 
+fallocate, lseek (SEEK_DATA/SEEK_HOLE) and copy_file_range are not pyfuse3's: the C shim delivers
+them (fuseshim.py) to synchronous handlers that return the reply, or a coroutine when the reply
+must wait for a commit.
+
 Caching: the kernel may cache attributes and entries for ATTR_TIMEOUT seconds because every change
 reaches the file system through this daemon, which invalidates the kernel's copy where it changes
 something behind the kernel's back (preallocation through the side channel). The writeback cache
@@ -28,6 +32,7 @@ from __future__ import annotations
 
 import errno
 import functools
+import inspect
 import json
 import logging
 import os
@@ -91,6 +96,24 @@ def fuse_errors(fn):
             self.stats.request_errors += 1
             log.exception("%s%r failed; answered EIO", name, args)
             raise pyfuse3.FUSEError(errno.EIO) from None
+    return wrapper
+
+
+def shim_request(fn):
+    """fuse_errors for the operations the C shim delivers (fuseshim.py): they run synchronously and
+    return the reply (an int) or -errno, never raise; one whose reply must wait returns a coroutine
+    that does the same."""
+    name = fn.__name__
+
+    @functools.wraps(fn)
+    def wrapper(self, *args):
+        requests = self.stats.requests
+        requests[name] = requests.get(name, 0) + 1
+        try:
+            r = fn(self, *args)
+        except Exception as e:
+            return self._shim_error(name, args, e)
+        return self._shim_later(name, args, r) if inspect.iscoroutine(r) else r
     return wrapper
 
 
@@ -286,6 +309,61 @@ class DaxOperations(pyfuse3.Operations):
         v.f_ffree = v.f_favail = s.files_free
         v.f_namemax = s.namemax
         return v
+
+    # --- what pyfuse3 cannot receive: fuseshim.py hands these over from libfuse -------------------
+    # The kernel has checked the request (open for writing, modes it forwards, ranges) and drops
+    # its cached pages and attributes of the range itself once we reply.
+    @shim_request
+    def fallocate(self, ino: int, fh: int, mode: int, off: int, length: int):
+        self.fs.fallocate(ino, mode, off, length)
+        h = self.handles.get(fh)
+        if h is not None and h.sync:  # O_SYNC/O_DSYNC: committed before the reply, as ext4 and XFS do
+            return self._after_commit(self.fs.sync_tid(ino, datasync=True), 0)
+        return 0  # otherwise, as on Linux, durable only at fsync/fdatasync (or the next commit)
+
+    @shim_request
+    def lseek(self, ino: int, fh: int, off: int, whence: int) -> int:
+        return self.fs.seek(ino, off, whence)
+
+    @shim_request
+    def copy_file_range(self, ino_in: int, fh_in: int, off_in: int, ino_out: int, fh_out: int, off_out: int,
+                        length: int, flags: int):
+        if flags:
+            raise FsError(errno.EINVAL)
+        n = self.fs.copy_range(ino_in, off_in, ino_out, off_out, length)
+        self.stats.bytes_written += n
+        h = self.handles.get(fh_out)
+        if n and self.rule.is_sync(ino_out, h is not None and h.sync):  # a write: the MAP_SYNC rule holds
+            self.stats.sync_writes += 1
+            return self._after_commit(self.fs.tid_to_commit(ino_out, off_out, n), n, sync_write=True)
+        return n
+
+    def _after_commit(self, tid: int, result: int, sync_write: bool = False):
+        """The reply now if tid is committed (or 0), else a coroutine that replies after the commit."""
+        if not tid or self.fs.committed_tid >= tid:
+            return result
+
+        async def ack() -> int:
+            if await self.rule.commit_before_ack(tid) and sync_write:
+                self.stats.sync_faults += 1
+            return result
+        return ack()
+
+    def _shim_error(self, name: str, args: tuple, e: Exception) -> int:
+        if isinstance(e, (FsError, pyfuse3.FUSEError)):
+            return -e.errno
+        if isinstance(e, CorruptImage):
+            log.error("corruption found during %s: %s", name, e)
+        else:
+            self.stats.request_errors += 1
+            log.error("%s%r failed; answered EIO", name, args, exc_info=e)
+        return -errno.EIO
+
+    async def _shim_later(self, name: str, args: tuple, coro) -> int:
+        try:
+            return await coro
+        except Exception as e:
+            return self._shim_error(name, args, e)
 
     # --- extended attributes and side channels ----------------------------------------------------
     @fuse_errors

@@ -183,7 +183,11 @@ def serve(image: str, mountpoint: str, opts: MountOptions, tell) -> None:
     """Run the file system in this process until it is unmounted. `tell(line)` reports progress to
     whoever started us; the line 'ready' means the mount answers."""
     # The daemon's own imports, here: the CLI, daxfs.testing and the crash-test tools import this
-    # module for start_background and unmount, and need neither trio nor pyfuse3.
+    # module for start_background and unmount, and need neither trio nor pyfuse3. The FUSE shim
+    # first: it must be in the global symbol scope before pyfuse3's extension is loaded.
+    from daxfs.daemon import fuseshim
+    shim = fuseshim.load()
+
     import pyfuse3
     import trio
 
@@ -226,12 +230,18 @@ def serve(image: str, mountpoint: str, opts: MountOptions, tell) -> None:
     fuse_opts |= {name for name in ("ro", "allow_other", "debug") if getattr(opts, name)}
     if opts.atime == "noatime":
         fuse_opts.add("noatime")  # the kernel then updates no atime of its own either
+    if shim is not None:
+        shim.attach(ops)
     try:
         pyfuse3.init(ops, mountpoint, fuse_opts)
     except RuntimeError as e:
         fs.close()
         shutil.rmtree(state_dir, ignore_errors=True)
         raise DaxfsError(f"cannot mount on {mountpoint}: {e}") from None
+    stats.fuse_shim = shim is not None and shim.sessions() == 1
+    if shim is not None and not stats.fuse_shim:
+        log.warning("pyfuse3 did not create its session through the FUSE shim: no fallocate, "
+                    "SEEK_DATA/SEEK_HOLE or copy_file_range on this mount (docs/design.md)")
 
     owner = socket_owner(image_owner)
     control = ControlServer(os.path.join(state_dir, CONTROL_SOCKET), os.getuid(), stats, owner)
@@ -241,6 +251,8 @@ def serve(image: str, mountpoint: str, opts: MountOptions, tell) -> None:
 
     async def main() -> None:
         async with trio.open_nursery() as nursery:
+            if shim is not None:
+                shim.spawn = nursery.start_soon  # the replies that wait for a commit
             if not opts.ro:
                 nursery.start_soon(committer.commit_periodically, opts.commit)
             nursery.start_soon(_stop_on_signal)

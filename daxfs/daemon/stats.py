@@ -62,6 +62,7 @@ class DaemonStats:
     control_refusals: int = 0  # answered {"ok": false}: bad input, no permission, an op's own refusal
     connections_refused: int = 0  # closed at once: the peer's uid had too many connections open
     accept_failures: int = 0  # accept() failed for want of descriptors or memory (backed off, retried)
+    fuse_shim: bool = False  # fallocate, SEEK_DATA/SEEK_HOLE and copy_file_range reach us (fuseshim.py)
     writes: int = 0
     bytes_written: int = 0
     reads: int = 0

@@ -6,8 +6,8 @@ Extended attributes the daemon answers on any inode of its mount (the kernel che
 first, as for any xattr):
   user.daxfs.stats     (get)  the daemon's counters as JSON
   user.daxfs.map       (get, file)  the file's extents with their stability, as JSON
-  user.daxfs.prealloc  (set, file: "OFFSET LENGTH")  unwritten extents (fallocate mode 0)
-  user.daxfs.punch     (set, file: "OFFSET LENGTH")  hole punch (fallocate PUNCH_HOLE|KEEP_SIZE)
+  user.daxfs.prealloc  (set, file: "OFFSET LENGTH")  unwritten extents: fallocate mode 0, a convenience
+  user.daxfs.punch     (set, file: "OFFSET LENGTH")  hole punch: fallocate PUNCH_HOLE|KEEP_SIZE, likewise
   user.daxfs.control   (get)  the path of the daemon's control socket
 (user.daxfs.map_sync is file state, not a side channel: the engine keeps it, daxfs.engine.xattr.)
 

@@ -9,7 +9,8 @@ Layers, each a module with one job that calls only the ones below it (checked by
   namespace.py names, links, orphans                        |  FileSystem's operations, one layer
   xattr.py     extended attributes and their records        |  each, every one a class adding its
   attrs.py     setattr, stepwise truncate                   |  job to the one below it
-  data.py      read, write, preallocate, punch (DAX)        |
+  ranges.py    fallocate (all modes), SEEK_DATA/HOLE, copy  |
+  data.py      read, write, straight to pmem (DAX)          |
   mappings.py  direct mappings and the pins they hold       |
   core.py      transactions, space reservation, per-inode structures /
   directory.py extent.py inode.py                          in-memory indexes over on-image records

@@ -148,8 +148,12 @@ class Allocator:
         self.cursor = sb.data_start
         self.icursor = fmt.FIRST_FREE_INO
 
-    def alloc_blocks(self, n: int, goal: int = 0) -> list[tuple[int, int]]:
+    def alloc_blocks(self, n: int, goal: int = 0, max_runs: int = 0) -> list[tuple[int, int]]:
+        """Runs totalling n blocks, or fewer blocks in at most max_runs runs (an operation that
+        allocates in pieces, so that each piece's new extents fit a transaction)."""
         runs = self.blocks.find(n, goal or self.cursor)
+        if max_runs:
+            runs = runs[:max_runs]
         for lo, ln in runs:
             self.blocks.mark_used(lo, ln)
         self.cursor = runs[-1][0] + runs[-1][1]

@@ -13,15 +13,15 @@ import stat
 
 from daxfs.engine import format as fmt
 from daxfs.engine.core import BS, now_ns
-from daxfs.engine.data import DataPath
 from daxfs.engine.errors import FsError
 from daxfs.engine.inode import Inode, clamp_time
+from daxfs.engine.ranges import Ranges
 
 KEEP_ID = 0xFFFFFFFF  # chown's "leave this id as it is" (-1)
 BITMAP_MARGIN = 64  # journal blocks a truncate step leaves for the rest of its transaction
 
 
-class Attributes(DataPath):
+class Attributes(Ranges):
     def setattr(self, ino: int, *, mode: int | None = None, uid: int | None = None, gid: int | None = None,
                 size: int | None = None, atime_ns: int | None = None, mtime_ns: int | None = None,
                 ctime_ns: int | None = None) -> Inode:

@@ -1,4 +1,4 @@
-"""The data path: read, write, preallocation and hole punching, straight to and from pmem (DAX).
+"""The data path: read and write, straight to and from pmem (DAX).
 
 write() stores into the region before it returns. What a write changes in the block mapping
 (allocation, unwritten -> written, a new i_size) is marked unstable (unstable.py) with the running
@@ -16,7 +16,7 @@ from daxfs.engine import crashpoint
 from daxfs.engine import format as fmt
 from daxfs.engine.core import BS
 from daxfs.engine.errors import FsError
-from daxfs.engine.extent import HOLE, UNWRITTEN, WRITTEN, ExtentMap, IoMap
+from daxfs.engine.extent import HOLE, WRITTEN, ExtentMap, IoMap
 from daxfs.engine.inode import Inode
 from daxfs.engine.mappings import Mappings
 
@@ -131,7 +131,7 @@ class DataPath(Mappings):
     def _map_new(self, inode: Inode, ext: ExtentMap, hole: IoMap, off: int, end: int) -> None:
         """Allocate pmem for a hole, zero what the write will not cover, map it written."""
         lblk = hole.lblk
-        for pblk, n in self.alloc.alloc_blocks(hole.len, _goal(ext, lblk)):
+        for pblk, n in self.alloc.alloc_blocks(hole.len, alloc_goal(ext, lblk)):
             crashpoint.hit("alloc.before_zero")
             self._zero_edges(IoMap(lblk, n, pblk, HOLE), pblk, off, end)
             self.journal.ordered(pblk * BS, n * BS)
@@ -174,64 +174,6 @@ class DataPath(Mappings):
         else:
             runs[0] = (0, self.region.size)  # too many runs to track: fsync persists the whole image
 
-    def prealloc(self, ino: int, off: int, length: int, keep_size: bool = False) -> int:
-        """fallocate(mode 0): unwritten extents over the holes of [off, off+length). Returns blocks."""
-        inode = self.inode(ino)
-        if not stat.S_ISREG(inode.mode):
-            raise FsError(errno.ENODEV if stat.S_ISDIR(inode.mode) else errno.EINVAL)
-        if off < 0 or length <= 0:
-            raise FsError(errno.EINVAL)
-        if off + length > fmt.MAX_FILE_BLOCKS * BS:
-            raise FsError(errno.EFBIG)
-        ext = self._extents(inode)
-        first, last = off // BS, (off + length - 1) // BS
-        maps = [m for m in ext.iomap(first, last - first + 1) if m.state == HOLE]
-        total = sum(m.len for m in maps)
-        self._begin(total)
-        tid = self.journal.running_tid
-        for m in maps:
-            lblk = m.lblk
-            for pblk, n in self.alloc.alloc_blocks(m.len, _goal(ext, lblk)):
-                ext.insert(lblk, n, pblk, UNWRITTEN)
-                inode.blocks += n
-                lblk += n
-            inode.unstable.mark(m.lblk, m.lblk + m.len, tid)
-        if not keep_size and off + length > inode.size:
-            self._grow_size(inode, off + length)
-            inode.size = off + length
-        self._touch(inode, m=False)
-        return total
-
-    def punch(self, ino: int, off: int, length: int) -> int:
-        """fallocate(PUNCH_HOLE | KEEP_SIZE): unmap the whole blocks inside [off, off+length) and zero
-        the bytes of the partial blocks at its edges; i_size stays. Returns the blocks freed."""
-        inode = self.inode(ino)
-        if not stat.S_ISREG(inode.mode):
-            raise FsError(errno.ENODEV if stat.S_ISDIR(inode.mode) else errno.EINVAL)
-        if off < 0 or length <= 0:
-            raise FsError(errno.EINVAL)
-        end = min(off + length, inode.size)
-        if end <= off:
-            return 0
-        self._begin(freeing=True)
-        lo, hi = -(-off // BS), end // BS  # whole blocks
-        self._dax_revoke(inode, off // BS, -(-end // BS))
-        ext = self._extents(inode)
-        for a, b in ((off, min(end, lo * BS)), (max(off, hi * BS), end)):  # partial edge blocks
-            if a < b:
-                m = ext.iomap(a // BS, 1)[0]
-                if m.state == WRITTEN:
-                    self._store(inode, m.pblk * BS + a % BS, bytes(b - a))
-        freed = 0
-        if lo < hi:
-            for pblk, n in ext.remove(lo, hi):
-                self.alloc.free_blocks(pblk, n)
-                inode.blocks -= n
-                freed += n
-            inode.unstable.mark(lo, hi, self.journal.running_tid)  # fdatasync must commit the unmapping
-        self._touch(inode)
-        return freed
-
     def persist_data(self, ino: int) -> None:
         """Make the file's stored data durable against a host crash (msync of what it wrote)."""
         inode = self.inodes.cache.get(ino)
@@ -257,7 +199,7 @@ class DataPath(Mappings):
         inode.unstable.size_tid = self.journal.running_tid
 
 
-def _goal(ext: ExtentMap, lblk: int) -> int:
+def alloc_goal(ext: ExtentMap, lblk: int) -> int:
     """Where to look for free pmem for file block lblk: right after the nearest mapped block before it."""
     prev = ext.before(lblk)
     return prev.pblk + (lblk - prev.lblk) if prev is not None else 0

@@ -131,6 +131,31 @@ class ExtentMap:
         """One past the last mapped file block."""
         return self.map.peekitem(-1)[1].end if self.map else 0
 
+    def seek(self, lblk: int, data: bool) -> int | None:
+        """lseek's SEEK_DATA (data) and SEEK_HOLE, in file blocks: the first block at or after lblk
+        that is written, or that is not (a hole or an unwritten extent, which reads as zeros);
+        None when no written block follows. O(log n) to the first extent, then extent by extent."""
+        pos = lblk
+        i = max(0, self.map.bisect_right(lblk) - 1)
+        for key in self.map.islice(i):
+            e = self.map[key]
+            if e.end <= pos:
+                continue
+            if data and e.state == WRITTEN:
+                return max(pos, e.lblk)
+            if not data:
+                if e.lblk > pos or e.state != WRITTEN:
+                    return pos
+                pos = e.end
+        return None if data else pos
+
+    def piece_end(self, lo: int, hi: int, k: int) -> int:
+        """Where a piece of [lo, hi) that holds at most k extents ends: the start of the k-th extent
+        beginning after lo, or hi (operations over many extents go in pieces that each fit a
+        transaction)."""
+        keys = list(self.map.irange(lo + 1, hi, inclusive=(True, False)))
+        return keys[k - 1] if len(keys) >= k else hi
+
     # --- changes ----------------------------------------------------------------------------------
     def _put(self, e: Extent) -> None:
         data = fmt.EXTENT.pack(e.state, e.len, e.lblk, e.pblk, 0)
@@ -200,10 +225,15 @@ class ExtentMap:
 
     def set_written(self, lo: int, hi: int) -> list[tuple[int, int]]:
         """Unwritten -> written for [lo, hi); returns the converted file-block runs."""
+        return self.set_state(lo, hi, WRITTEN)
+
+    def set_state(self, lo: int, hi: int, state: int) -> list[tuple[int, int]]:
+        """Give the mapped blocks of [lo, hi) `state` (written -> unwritten is zeroing without data
+        I/O: fallocate's ZERO_RANGE); returns the converted file-block runs."""
         converted = []
         for e in self._cut(lo, hi):
-            if e.state == UNWRITTEN:
-                e.state = WRITTEN
+            if e.state != state:
+                e.state = state
                 self._put(e)
                 converted.append((e.lblk, e.len))
         for e in self._overlapping(lo - 1, hi + 1):

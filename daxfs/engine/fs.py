@@ -2,8 +2,8 @@
 
 FileSystem is the top of the engine's layers, each a module with one job that adds to the one below
 (daxfs/engine/__init__.py lists them): core (transactions, space, per-inode structures) -> mappings
-(direct mappings and pins) -> data (read, write, preallocation, punch) -> attrs (setattr, truncate)
--> xattr -> namespace (names, links, orphans) -> fault (direct-access faults) -> fs (this).
+(direct mappings and pins) -> data (read, write) -> ranges (fallocate, SEEK_DATA/SEEK_HOLE,
+copy_file_range) -> attrs (setattr, truncate) -> xattr -> namespace (names, links, orphans) -> fault (direct-access faults) -> fs (this).
 
 The MAP_SYNC rule's engine side is tid_to_commit() here, over unstable.py's tid_to_commit: the one
 question every acknowledgement asks (the daemon's write path, O_SYNC/O_DSYNC, fdatasync, faults).

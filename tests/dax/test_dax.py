@@ -22,7 +22,8 @@ import pytest
 from daxfs import dax
 from daxfs.dax import mapping as dax_mapping
 from daxfs.dax.protocol import ControlClient, ControlError
-from helpers import BS, REPO, as_user, daxfs, errno_as_user, mounted, pattern, read_file, wait_until, write_file
+from helpers import (BS, FALLOC_FL_KEEP_SIZE, FALLOC_FL_PUNCH_HOLE, FALLOC_FL_ZERO_RANGE, REPO, as_user, daxfs,
+                     errno_as_user, fallocate, mounted, pattern, read_file, wait_until, write_file)
 
 pytestmark = pytest.mark.mount
 
@@ -314,7 +315,7 @@ def _ask_fds(control: str) -> str:
 
 
 # --- revocation -----------------------------------------------------------------------------------------
-@pytest.mark.parametrize("how", ["truncate", "punch", "unlink"])
+@pytest.mark.parametrize("how", ["truncate", "punch", "fallocate punch", "fallocate zero", "unlink"])
 def test_taking_a_mapped_range_away_revokes_the_mapping(daxmount, how):
     m = daxmount()
     f = j(m.mnt, "f")
@@ -327,6 +328,11 @@ def test_taking_a_mapped_range_away_revokes_the_mapping(daxmount, how):
         os.truncate(f, 3 * BS)
     elif how == "punch":
         os.setxattr(f, "user.daxfs.punch", f"{4 * BS} {2 * BS}".encode())
+    elif how.startswith("fallocate"):
+        fd = os.open(f, os.O_RDWR)
+        mode = FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE if how.endswith("punch") else FALLOC_FL_ZERO_RANGE
+        fallocate(fd, mode, 4 * BS + 10, 100)  # part of one block is enough
+        os.close(fd)
     else:
         os.unlink(f)
     with pytest.raises(dax.BusError):
