@@ -136,6 +136,9 @@ def mount(image: str, mountpoint: str, options: tuple[str, ...], foreground: boo
 
     opts = parse_options(list(options))
     image, mountpoint = os.path.abspath(image), os.path.abspath(mountpoint)
+    if opts.remount:  # the image is mounted already: switch it between ro and rw
+        daemon.remount(mountpoint, opts.ro, (lambda line: None) if quiet else click.echo)
+        return
     if not os.path.isfile(image):
         raise DaxfsError(f"{image}: no such image" if not os.path.exists(image) else f"{image}: not a regular file")
     daemon.check_mountpoint(mountpoint)

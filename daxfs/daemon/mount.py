@@ -38,7 +38,7 @@ import tempfile
 
 from daxfs.daemon.options import MountOptions
 from daxfs.daemon.proc import wait_exit
-from daxfs.dax.protocol import DEAD_MOUNT_ERRNOS, STATS_XATTR
+from daxfs.dax.protocol import DEAD_MOUNT_ERRNOS, STATS_XATTR, ControlClient, ControlError, field, refusal
 from daxfs.engine import crashpoint
 from daxfs.engine.errors import DaxfsError
 from daxfs.engine.mounttab import mount_entry
@@ -246,6 +246,19 @@ def serve(image: str, mountpoint: str, opts: MountOptions, tell) -> None:
     owner = socket_owner(image_owner)
     control = ControlServer(os.path.join(state_dir, CONTROL_SOCKET), os.getuid(), stats, owner)
     register_crash_ops(control)
+
+    async def remount_op(peer, req) -> dict:
+        """mount -o remount,ro|rw: read-only commits, checkpoints and marks the image clean first."""
+        readonly = field(req, "readonly", bool)
+        await committer.wait_commit()
+        try:
+            fs.remount(readonly)
+        except DaxfsError as e:
+            raise refusal(errno.EROFS, str(e)) from None
+        log.info("remounted %s by pid %d", "read-only" if readonly else "read-write", peer.pid)
+        return {}
+
+    control.register("remount", remount_op, privileged=True)
     faults = FaultService(fs, rule, stats, state_dir, image, opts.allow_other, owner)
     faults.register(control)
 
@@ -317,6 +330,30 @@ def start_background(image: str, mountpoint: str, opts: MountOptions, echo, warn
     if not errors:
         warn(f"daxfs: the daemon exited (status {code}) before the mount answered; see {logpath}")
     return 1
+
+
+def remount(mountpoint: str, readonly: bool, echo) -> None:
+    """`mount -o remount,ro|rw`: switch a mounted daxfs without unmounting it. The daemon first (a
+    read-only remount commits and checkpoints), then the kernel's own flag, as mount(8) would set it
+    (`mount -i`: no helper, this is the helper), so that writes fail with EROFS in the kernel too."""
+    entry = mount_entry(mountpoint)
+    if entry is None or entry["fstype"] != "fuse.daxfs":
+        raise DaxfsError(f"{mountpoint}: not a daxfs mount" if entry else f"{mountpoint}: not mounted")
+    want = "ro" if readonly else "rw"
+    try:
+        with ControlClient.for_path(mountpoint) as c:
+            c.call("remount", readonly=readonly)
+    except ControlError as e:
+        raise DaxfsError(f"{mountpoint}: remount,{want}: {e}") from None
+    except OSError as e:
+        if e.errno in DEAD_MOUNT_ERRNOS:
+            raise DaxfsError(f"{mountpoint}: dead mount (the daemon was killed); run `daxfs umount` on it") from None
+        raise DaxfsError(f"{mountpoint}: cannot reach the daemon: {e.strerror or e}") from None
+    p = subprocess.run(["mount", "-i", "-o", f"remount,{want}", mountpoint], capture_output=True, text=True)
+    if p.returncode != 0:
+        why = p.stderr.strip().splitlines()[-1] if p.stderr.strip() else f"mount exited {p.returncode}"
+        raise DaxfsError(f"{mountpoint}: the daemon is {want} now, but the kernel's remount failed: {why}")
+    echo(f"{mountpoint}: remounted {'read-only' if readonly else 'read-write'}")
 
 
 def unmount(mountpoint: str, echo, lazy: bool = False, timeout: float = 60.0) -> None:

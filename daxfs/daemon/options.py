@@ -10,8 +10,10 @@ from daxfs.engine import crashpoint
 from daxfs.engine.errors import DaxfsError
 
 # Options mount(8) and fstab pass along that mean nothing to daxfs.
-IGNORED_OPTIONS = {"rw", "defaults", "auto", "noauto", "user", "nouser", "users", "owner", "_netdev", "nofail",
-                   "async"}
+IGNORED_OPTIONS = {"defaults", "auto", "noauto", "user", "nouser", "users", "owner", "_netdev", "nofail", "async"}
+# FUSE's own options, which mount(8) hands back to the helper on a remount (from /proc/self/mountinfo):
+# daxfs sets them itself (default_permissions always).
+FUSE_OWN = {"user_id", "group_id", "rootmode", "max_read", "blksize", "fsname", "subtype", "default_permissions"}
 # The kernel's own mount flags, passed through to the FUSE mount (FUSE's defaults: nodev, nosuid, exec).
 KERNEL_FLAGS = {"dev": ("dev", True), "nodev": ("dev", False), "suid": ("suid", True), "nosuid": ("suid", False),
                 "exec": ("exec", True), "noexec": ("exec", False)}
@@ -31,6 +33,7 @@ class MountOptions:
     dev: bool = False
     suid: bool = False
     exec: bool = True
+    remount: bool = False  # -o remount: change a mounted daxfs between ro and rw (daemon.mount.remount)
     atime: str = "relatime"  # relatime, strictatime or noatime (engine.core.AtimePolicy)
     diratime: bool = True
     lazytime: bool = False
@@ -68,6 +71,10 @@ def parse_options(texts: list[str]) -> MountOptions:
             key, _, value = item.partition("=")
             if key in ("map_sync", "ro", "allow_other", "debug") and not value:
                 setattr(o, key, True)
+            elif key == "rw" and not value:
+                o.ro = False
+            elif key == "remount" and not value:
+                o.remount = True
             elif key == "nomsync" and not value:
                 o.msync = False
             elif key == "commit":
@@ -97,7 +104,7 @@ def parse_options(texts: list[str]) -> MountOptions:
                 o.diratime = key == "diratime"
             elif key in ("lazytime", "nolazytime") and not value:
                 o.lazytime = key == "lazytime"
-            elif key in IGNORED_OPTIONS or key.startswith("x-"):
+            elif key in IGNORED_OPTIONS or key in FUSE_OWN or key.startswith("x-"):
                 continue
             else:
                 raise DaxfsError(f"unknown mount option {item!r}")

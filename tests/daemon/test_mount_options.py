@@ -12,7 +12,7 @@ import pytest
 
 from daxfs.daemon.options import parse_options
 from daxfs.engine.mounttab import mount_entry
-from helpers import errno_of, read_file, write_file
+from helpers import DAXFS, errno_of, read_file, write_file
 
 pytestmark = pytest.mark.mount
 
@@ -97,3 +97,23 @@ def test_atime_options_round_trip_to_the_daemon():
     again = parse_options([o.to_string()])
     assert (again.atime, again.diratime, again.lazytime, again.dev, again.exec) == ("noatime", False, True, True, False)
     assert parse_options(["strictatime,atime"]).atime == "relatime"
+
+
+def test_remount_read_only_and_back_without_losing_the_mount(daxmount):
+    m = daxmount()
+    p = j(m.mnt, "f")
+    write_file(p, b"before")
+    pid = m.pid()
+    r = subprocess.run([*DAXFS, "mount", "-o", "remount,ro", m.image, m.mnt], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    assert "ro" in flags(m) and m.pid() == pid
+    assert errno_of(write_file, j(m.mnt, "g"), b"x") == errno.EROFS
+    assert m.inspect()["state"] == "clean" and m.inspect()["journal transactions to replay"] == 0
+    assert read_file(p) == b"before"
+    if os.path.exists("/sbin/mount.fuse.daxfs"):  # as xfstests does it: mount(8) calls our helper
+        subprocess.run(["mount", "-o", "remount,rw", m.mnt], check=True, capture_output=True)
+    else:
+        subprocess.run([*DAXFS, "mount", "-o", "remount,rw", m.image, m.mnt], check=True, capture_output=True)
+    assert "rw" in flags(m) and m.pid() == pid
+    write_file(j(m.mnt, "g"), b"after")
+    assert read_file(j(m.mnt, "g")) == b"after"
