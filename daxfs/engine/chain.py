@@ -125,8 +125,12 @@ class SlotChain:
     def _count(self, blk: int, delta: int) -> None:
         if blk not in self.block_set:  # an inline slot: the inode record keeps no count
             return
-        buf = self.journal.write_access(blk)
-        fmt.set_used(buf, fmt.get_used(buf) + delta)
+        buf = self.journal.read(blk)
+        used = fmt.get_used(buf) + delta
+        if not 0 <= used <= self.per_block:  # the block is no longer what the chain holds (shared, overwritten)
+            raise CorruptImage(f"inode {self.owner}: {fmt.KIND_NAMES[self.kind]} block {blk} would count {used} "
+                               f"used slots of {self.per_block}", blk)
+        fmt.set_used(self.journal.write_access(blk), used)
 
     def _grow(self) -> None:
         blk = self.alloc_block()

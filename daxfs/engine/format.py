@@ -173,6 +173,8 @@ class Superblock:
         sb = cls(*_SUPER.unpack_from(b, HEADER_SIZE))
         if sb.version not in VERSIONS:
             raise CorruptImage(f"superblock {blkno}: unsupported format version {sb.version}", blkno)
+        if sb.state not in (STATE_CLEAN, STATE_DIRTY):
+            raise CorruptImage(f"superblock {blkno}: state {sb.state} is neither clean (1) nor dirty (2)", blkno)
         if sb.block_size != BLOCK_SIZE:
             raise CorruptImage(f"superblock {blkno}: block size {sb.block_size}, only {BLOCK_SIZE} is supported",
                                blkno)

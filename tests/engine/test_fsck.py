@@ -475,3 +475,11 @@ def test_descriptor_naming_a_home_outside_the_image(tmp_path):
     found = problems(path)
     assert any("descriptor names home block" in p for p in found), found
 
+
+
+def test_a_superblock_state_that_is_neither_clean_nor_dirty(img):
+    path, _ = img
+    sb = superblock(path)
+    blk = sb.generation % 2
+    edit(path, blk, lambda b: struct.pack_into("<I", b, fmt.HEADER_SIZE + 24, 4095))
+    assert any("state 4095" in p for p in problems(path)), problems(path)
