@@ -160,10 +160,16 @@ class DaxOperations(pyfuse3.Operations):
         fh = self.next_fh
         self.next_fh += 1
         self.handles[fh] = Handle(ino, bool(flags & (os.O_SYNC | os.O_DSYNC)))
-        # keep_cache=False: each open starts from what pmem holds, whatever was stored behind the
-        # page cache's back (direct mappings) since the last open. While a direct mapping is live,
-        # stores go on behind its back: then no page cache at all.
-        return pyfuse3.FileInfo(fh=fh, keep_cache=False, direct_io=self.fs.dax_mapped(ino))
+        # Every change to a file's data reaches the kernel's page cache through this daemon's replies,
+        # except stores through direct mappings: so an open keeps the cached pages (a warm read costs no
+        # request) unless the file was mapped since the cache last started afresh; then it starts from
+        # what pmem holds. While a direct mapping is live, stores go on behind the cache's back: then
+        # no page cache at all (direct_io).
+        mapped = self.fs.dax_mapped(ino)
+        keep = ino not in self.fs.behind_cache
+        if not mapped:
+            self.fs.behind_cache.discard(ino)
+        return pyfuse3.FileInfo(fh=fh, keep_cache=keep, direct_io=mapped)
 
     # --- namespace --------------------------------------------------------------------------------
     @fuse_errors

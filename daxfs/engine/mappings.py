@@ -50,6 +50,9 @@ class Mappings(FsCore):
         self._pins: dict[int, int] = {}  # pmem block -> mappings holding it
         self._held: set[int] = set()  # freed, checkpointed, but pinned: reusable at the last unpin
         self._next_map = 1
+        # Files that have been mapped since the page cache last started afresh: stores went behind its
+        # back (the daemon drops the kernel's cached pages at their next open, then forgets them here).
+        self.behind_cache: set[int] = set()
 
     def dax_map(self, ino: int, first: int, count: int, writable: bool) -> DaxMapping:
         inode = self.inode(ino)
@@ -62,6 +65,7 @@ class Mappings(FsCore):
         m = DaxMapping(self._next_map, ino, first, count, writable)
         self._next_map += 1
         self.dax.setdefault(ino, []).append(m)
+        self.behind_cache.add(ino)
         return m
 
     def dax_unmap(self, m: DaxMapping) -> None:

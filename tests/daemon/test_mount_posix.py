@@ -891,3 +891,18 @@ def test_user_xattrs_only_on_files_and_dirs(d):
     assert errno_of(os.setxattr, j(d, "f"), "user.big", bytes(70000)) == errno.E2BIG  # kernel: > 64 KiB
     os.setxattr(j(d, "f"), "user.almost", bytes(60000))
     assert os.getxattr(j(d, "f"), "user.almost") == bytes(60000)
+
+
+def test_a_warm_read_is_served_by_the_page_cache_and_a_mapped_file_starts_afresh(mnt, d):
+    """Opens keep the kernel's cached pages (every data change reaches them through the daemon's
+    replies), except after a direct mapping stored behind their back."""
+    p = j(d, "warm")
+    write_file(p, pattern(5, 256 * 1024))
+    read_file(p)
+    before = mnt.stats()["requests"].get("read", 0)
+    assert read_file(p) == pattern(5, 256 * 1024)
+    assert mnt.stats()["requests"].get("read", 0) == before  # warm: no READ reached the daemon
+    from daxfs import dax
+    with dax.mmap(p, 4096, dax.MAP_SHARED) as m:
+        m[0:4] = b"DAX!"  # behind the page cache's back
+    assert read_file(p)[:4] == b"DAX!"  # the open after the mapping drops the stale pages
