@@ -47,3 +47,8 @@ bench: venv
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .hypothesis
+
+.PHONY: fuzz
+fuzz: venv  ## hostile images (issue 9): 5,000 corrupted images through fsck/inspect, 500 through mount+walk+write
+	mkdir -p crash-reports
+	$(PY) tools/fuzz_images.py --seed 1 --cases 5000 --mounts 500 --json crash-reports/fuzz.json
