@@ -786,6 +786,58 @@ def mut_journal_reorder(ctx: Ctx) -> None:
         ctx.note(how=how, blocks=[m.jblk(a), m.jblk(b)])
 
 
+def stale_descriptors(buf: bytes, m: Model) -> list[tuple[int, int]]:
+    """(journal position, seq) of valid descriptors older than the tail: earlier laps of the journal."""
+    out = []
+    live = set(live_journal_positions(m))
+    for p in range(m.sb.journal_blocks):
+        blk = m.sb.journal_start + p
+        raw = buf[blk * BS:(blk + 1) * BS]
+        if p in live or raw[:4] != fmt.MAGIC:
+            continue
+        try:
+            h = fmt.read_header(raw, blk, fmt.K_JDESC)
+        except Exception:
+            continue
+        if h.seq < m.sb.journal_seq:
+            out.append((p, h.seq))
+    return out
+
+
+def mut_journal_rewind(ctx: Ctx) -> None:
+    """Point the superblock's tail (both copies, resealed) at an older transaction still in the journal,
+    or at the live one with a wrong seq: replay then applies stale images, or stops early."""
+    m, rng = ctx.m, ctx.rng
+    stale = stale_descriptors(ctx.buf, m)
+    if stale and rng.random() < 0.7:
+        tail, seq = rng.choice(stale)
+        how = "to a stale transaction"
+    else:
+        tail = rng.randrange(m.sb.journal_blocks)
+        seq = rng.choice([m.sb.journal_seq - 1, m.sb.journal_seq + 1, 0, 1, (1 << 64) - 1, m.sb.journal_seq])
+        how = "anywhere"
+    for b in (0, 1):
+        def change(off: int) -> None:
+            put_field(ctx.buf, off, SUPER_F["journal_tail"], tail)
+            put_field(ctx.buf, off, SUPER_F["journal_seq"], seq)
+        ctx.edit_block(b, change, shadow_ok=False)
+    ctx.note(how=how, stale_transactions=len(stale), old_tail=m.sb.journal_tail, tail=tail,
+             old_seq=m.sb.journal_seq, seq=seq)
+
+
+def mut_combo(ctx: Ctx) -> None:
+    """Two or three of the other mutators on one image (truncation last, if at all)."""
+    names = [n for n in MUTATORS if n not in ("combo", "truncate") and (ctx.m.txns or not MUTATORS[n][2])]
+    steps = ctx.rng.sample(names, ctx.rng.randint(2, 3))
+    details = []
+    for n in steps:
+        ctx.mut.detail = {}
+        MUTATORS[n][0](ctx)
+        details.append({"mutator": n, **ctx.mut.detail})
+    ctx.mut.detail = {"steps": details}
+    ctx.mut.must_detect = False
+
+
 def mut_journal_field(ctx: Ctx) -> None:
     m, rng = ctx.m, ctx.rng
     t = rng.choice(m.txns)
@@ -1197,7 +1249,9 @@ MUTATORS: dict[str, tuple[Callable[[Ctx], None], int, bool]] = {
     "journal_drop": (mut_journal_drop, 3, True),
     "journal_reorder": (mut_journal_reorder, 4, True),
     "journal_field": (mut_journal_field, 5, True),
+    "journal_rewind": (mut_journal_rewind, 3, True),
     "field_edit": (mut_field_edit, 40, False),
+    "combo": (mut_combo, 4, False),
 }
 
 
@@ -1612,7 +1666,11 @@ def mount_check(image: str, d: str, detail: dict, timeout: float, case: int = 0)
     res["events"] = events
     pid = None
     try:
-        rc, out, err = run_cmd(daxfs_cli() + ["mount", image, mnt, "-o", f"log={logf}"], timeout)
+        orng = random.Random(f"daxfs-fuzz-mount-options:{case}")
+        opts = [f"log={logf}"] + (["map_sync"] if orng.random() < 0.3 else []) + \
+            (["commit=1"] if orng.random() < 0.2 else [])
+        res["mount_options"] = ",".join(opts[1:])
+        rc, out, err = run_cmd(daxfs_cli() + ["mount", image, mnt, "-o", ",".join(opts)], timeout)
         mounted = mountinfo(mnt) is not None
         if rc is None:
             events.append("hang")
