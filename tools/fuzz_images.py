@@ -276,6 +276,8 @@ def populate(f: FileSystem, rng: random.Random) -> list[int]:
     f.write(gone, 0, _data(rng, 3 * BS))
     f.unlink(d, b"gone")  # leaves a free dirent slot and freed blocks
     f.mkdir(ROOT, b"empty", 0o755, 0, 0)
+    odd = f.create(ROOT, b"not-utf8-\xa3\xff", 0o644, 0, 0).ino  # names are bytes, not text
+    f.setxattr(odd, b"user.\xe9t\xe9", b"\xff")
     return files
 
 
@@ -1543,7 +1545,8 @@ def force_unmount(mnt: str, image: str) -> list[str]:
     did = []
     info = mountinfo(mnt)
     if info:
-        p = subprocess.run(["fusermount3", "-uz", mnt], capture_output=True, text=True, timeout=30)
+        p = subprocess.run(["fusermount3", "-uz", mnt], capture_output=True, text=True, errors="backslashreplace",
+                           timeout=30)
         did.append(f"fusermount3 -uz: exit {p.returncode}")
         if mountinfo(mnt):
             abort_connection(info["devid"])
@@ -1592,7 +1595,8 @@ def tracebacks_in(text: str) -> list[dict[str, str]]:
 def run_cmd(args: list[str], timeout: float) -> tuple[int | None, str, str]:
     """(exit status or None on timeout, stdout, stderr)."""
     try:
-        p = subprocess.run(args, capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL)
+        p = subprocess.run(args, capture_output=True, text=True, errors="backslashreplace", timeout=timeout,
+                           stdin=subprocess.DEVNULL)
         return p.returncode, p.stdout, p.stderr
     except subprocess.TimeoutExpired as e:
         def s(x):
@@ -1748,7 +1752,8 @@ def walk_and_write(mc: MountCase, res: dict, events: list[str], case: int, timeo
     d = res.get("detail") or {}
     target = d.get("ino") or d.get("dir") or d.get("owner") or 0
     child = subprocess.Popen([sys.executable, TOOL, "_walk", mc.mnt, "--case", str(case), "--target", str(target)],
-                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, stdin=subprocess.DEVNULL)
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, errors="backslashreplace",
+                             stdin=subprocess.DEVNULL)
     mc.child = child
     try:
         out, err = child.communicate(timeout=timeout)
@@ -1784,6 +1789,7 @@ class Dead(Exception):
 
 def walk_child(mnt: str, case: int, target: int = 0) -> None:
     """Walk the tree, read everything, then write; print 'op NAME' before each step and a result line."""
+    sys.stdout.reconfigure(errors="backslashreplace")  # damaged names are any bytes
     errnos: Counter = Counter()
     res: dict[str, Any] = {"entries": 0, "files_read": 0, "bytes_read": 0, "ops": 0, "dead": False}
     rng = random.Random(f"daxfs-fuzz-walk:{case}")
@@ -2076,6 +2082,8 @@ def failure_keys(r: dict, phase: int) -> list[tuple[str, str]]:
                 f"walk ({_norm(w.get('hang_in', ''))})" if w.get("hang_in") else "umount" \
                 if (r.get("umount") or {}).get("exit", 0) is None else "stats"
             out.append((f"hang in {where.split(' PATH')[0]} ({_field_key(r)})", f"hang in {where}"))
+        if r.get("fuzzer_error"):
+            out.append(("fuzzer error (phase 2)", r["fuzzer_error"].strip().splitlines()[-1]))
         if (r.get("walk") or {}).get("child_failed"):
             out.append(("walk child failed (fuzzer)", r["walk"]["child_failed"].strip().splitlines()[-1]))
     return out
@@ -2252,8 +2260,11 @@ def _fmt_counter(c: dict) -> str:
 
 
 def fuzz(seed: int, cases: list[int], mounts: list[int] | int, workdir: str, jobs: int, timeout: float,
-         mount_timeout: float, mem_limit: int, console=None, progress: bool = True, keep: bool = False) -> Run:
-    """A whole run (also what tests/test_fuzz.py calls). Cleans up whatever happens."""
+         mount_timeout: float, mem_limit: int, console=None, progress: bool = True, keep: bool = False,
+         journal_file: str | None = None) -> Run:
+    """A whole run (also what tests/test_fuzz.py calls). Cleans up whatever happens. `journal_file`
+    gets every case's outcome as one JSON line the moment it is known (a run cut short keeps them)."""
+    journal = open(journal_file, "w") if journal_file else None
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, \
         TimeRemainingColumn
 
@@ -2288,6 +2299,8 @@ def fuzz(seed: int, cases: list[int], mounts: list[int] | int, workdir: str, job
                         r.update(mutator=mut.mutator, seed_image=mut.seed_image, detail=mut.detail,
                                  must_detect=mut.must_detect)
                     run.p1[r["case"]] = r
+                    if journal is not None:
+                        journal.write(json.dumps({"phase": 1, **r}, default=str) + "\n")
                     nbad = sum(1 for x in run.p1.values() if phase1_events(x))
                     bar.update(task, advance=1, bad=f"{nbad} failing" if nbad else "")
                     note("phase 1", len(run.p1), len(cases), nbad)
@@ -2303,8 +2316,18 @@ def fuzz(seed: int, cases: list[int], mounts: list[int] | int, workdir: str, job
                 task = bar.add_task("phase 2 mount+walk+write", total=len(mounts), bad="")
                 t2 = time.monotonic()
                 for case in mounts:
-                    r = phase2_case(corpus, case, workdir, mount_timeout, keep)
+                    try:
+                        r = phase2_case(corpus, case, workdir, mount_timeout, keep)
+                    except Exception as e:  # the fuzzer's own bug: record it, clean up, go on
+                        if MountCase.active is not None:
+                            MountCase.active.cleanup()
+                            MountCase.active = None
+                        r = {"case": case, "events": ["fuzzer error"],
+                             "fuzzer_error": "".join(traceback.format_exception(e))[-2000:]}
                     run.p2[case] = r
+                    if journal is not None:
+                        journal.write(json.dumps({"phase": 2, **r}, default=str) + "\n")
+                        journal.flush()
                     nbad = sum(1 for x in run.p2.values() if x.get("events"))
                     bar.update(task, advance=1, bad=f"{nbad} failing" if nbad else "")
                     note("phase 2", len(run.p2), len(mounts), nbad)
@@ -2318,6 +2341,8 @@ def fuzz(seed: int, cases: list[int], mounts: list[int] | int, workdir: str, job
         sweep(workdir)
         if not keep:
             shutil.rmtree(workdir, ignore_errors=True)
+        if journal is not None:
+            journal.close()
     run.digests = corpus.digests
     return run
 
@@ -2392,7 +2417,9 @@ def spread(n: int, total: int) -> list[int]:
               help="address-space limit of a phase 1 worker, bytes (0: none)")
 @click.option("--dir", "base", default="/dev/shm" if os.path.isdir("/dev/shm") else "/tmp", show_default=True,
               help="where the run's images and mount points go (a fresh subdirectory)")
-@click.option("--json", "json_file", type=click.Path(dir_okay=False), help="write every case's outcome here")
+@click.option("--json", "json_file", type=click.Path(dir_okay=False),
+              help="write every case's outcome here at the end (and to FILE + 'l', one JSON line per case, "
+                   "as the run goes)")
 @click.option("--keep", is_flag=True, help="keep the run's directory (images, daemon logs)")
 @click.option("--verbose", "-v", is_flag=True, help="print each case's outcome (replays)")
 @click.pass_context
@@ -2420,7 +2447,7 @@ def main(ctx, seed, cases, mounts, only, jobs, timeout, mount_timeout, mem_limit
     signal.signal(signal.SIGHUP, on_signal)
     try:
         run = fuzz(seed, p1_cases, p2_cases, workdir, jobs, timeout, mount_timeout, mem_limit, console,
-                   keep=keep)
+                   keep=keep, journal_file=json_file + "l" if json_file else None)
     except KeyboardInterrupt:
         sweep(workdir)
         console.print("interrupted; everything unmounted")
