@@ -1355,9 +1355,20 @@ def worker_main(seed: int, seeds_dir: str, workdir: str, mem_limit: int) -> None
     sys.stdout = sys.stderr
     out.write(json.dumps({"ready": True, "digests": corpus.digests}) + "\n")
     out.flush()
+    selftest = dict(kv.split(":") for kv in os.environ.get("FUZZ_IMAGES_SELFTEST", "").split(",") if ":" in kv)
     for line in sys.stdin:
         case = int(line)
+        if selftest.get("hang") == str(case):  # tests of the harness itself (tests/test_fuzz.py)
+            time.sleep(3600)
+        if selftest.get("die") == str(case):
+            os.kill(os.getpid(), signal.SIGKILL)
         try:
+            if selftest.get("raise") == str(case):
+                res = {"case": case, "mutator": "selftest", "fsck": {"verdict": "traceback",
+                       "traceback": guarded(lambda: [][1])[1]}, "inspect": {"verdict": "ok"}}
+                out.write(json.dumps(res) + "\n")
+                out.flush()
+                continue
             res = phase1_case(corpus, case, workdir)
         except Exception as e:  # the fuzzer's own bug: report it, do not hide it as a daxfs one
             res = {"case": case, "fuzzer_error": "".join(traceback.format_exception(e))[-2000:]}
@@ -1871,6 +1882,8 @@ def walk_child(mnt: str, case: int, target: int = 0) -> None:
             res["dead_at"] = f"mount gone after op {res['ops']}"
             raise Dead
 
+    if os.environ.get("FUZZ_IMAGES_SELFTEST") == "walk-hang":  # the harness's own test
+        op("selftest sleep", time.sleep, 3600)
     try:
         op("statvfs", os.statvfs, mnt)
         op("stat root", os.stat, mnt)
@@ -2055,7 +2068,7 @@ def failure_keys(r: dict, phase: int) -> list[tuple[str, str]]:
             v = r.get(part) or {}
             if v.get("verdict") == "traceback":
                 tb = v["traceback"]
-                key = f"phase 1 {part}: {tb['type']} at {_strip_line(tb['daxfs_frame'] or tb['last_frame'])}"
+                key = f"phase 1 {part}: {_tb_key(tb)}"
                 out.append((key, f"{tb['type']}: {tb['message'][:200]} [{tb['daxfs_frame'] or tb['last_frame']}]"))
             elif v.get("verdict") == "hang":
                 out.append((f"phase 1 {part}: hang ({r.get('mutator')})", "no answer within the deadline"))
@@ -2063,7 +2076,7 @@ def failure_keys(r: dict, phase: int) -> list[tuple[str, str]]:
             out.append(("fuzzer error", r["fuzzer_error"].strip().splitlines()[-1]))
     else:
         for tb in r.get("log_tracebacks", []):
-            key = f"daemon: {tb['type']} at {_strip_line(tb['daxfs_frame'] or tb['last_frame'])}"
+            key = f"daemon: {_tb_key(tb)}"
             out.append((key, f"{tb['type']}: {tb['message'][:200]} [{tb['daxfs_frame'] or tb['last_frame']}]"))
         for part in ("fsck_before", "fsck_after"):
             v = r.get(part) or {}
@@ -2087,6 +2100,15 @@ def failure_keys(r: dict, phase: int) -> list[tuple[str, str]]:
         if (r.get("walk") or {}).get("child_failed"):
             out.append(("walk child failed (fuzzer)", r["walk"]["child_failed"].strip().splitlines()[-1]))
     return out
+
+
+def _tb_key(tb: dict) -> str:
+    """A cause: the exception type, the deepest daxfs function and, when the exception came from below
+    daxfs (a library setter, struct), that last function too; line numbers left out."""
+    where = _strip_line(tb.get("daxfs_frame") or tb.get("last_frame") or "")
+    last = _strip_line(tb.get("last_frame") or "")
+    below = f" (raised in {last.split(' in ')[-1]})" if last and last != where else ""
+    return f"{tb.get('type')} at {where}{below}"
 
 
 def _strip_line(frame: str) -> str:
@@ -2173,6 +2195,7 @@ class Run:
             "phase2": {"cases": len(self.p2), "tracebacks": c2["traceback"], "daemon_deaths": c2["daemon death"],
                        "hangs": c2["hang"], "fuzzer_errors": c2["fuzzer error"], "eio": eio, "mount": dict(mounts), "fsck_before": dict(before),
                        "fsck_after": dict(after),
+                       "daemon_lingers": sum(1 for r in self.p2.values() if r.get("daemon_lingers")),
                        "umount_failures": sum(1 for r in self.p2.values() if (r.get("umount") or {}).get("failed"))},
             "per_mutator": {k: dict(v) for k, v in sorted(per_mut.items())},
             "seconds": self.seconds,
