@@ -176,6 +176,42 @@ ValueError: plain one
     assert tbs[1]["message"] == "plain one" and tbs[1]["daxfs_frame"] == "daxfs/fs.py:10 in close"
 
 
+def test_phase1_catches_hangs_deaths_and_tracebacks(tmp_path, monkeypatch):
+    """The harness itself: a worker that hangs is a hang, one that dies or raises is a traceback; each
+    is replaced and the run goes on; each failing case gets a replay line."""
+    monkeypatch.setenv("FUZZ_IMAGES_SELFTEST", "hang:2,die:4,raise:6")
+    workdir = os.path.join(SHM or str(tmp_path), f"daxfs-test-fuzzself-{os.getpid()}")
+    run = fz.fuzz(3, list(range(9)), 0, workdir, jobs=2, timeout=5, mount_timeout=30, mem_limit=4 << 30)
+    verdicts = {c: r["fsck"]["verdict"] for c, r in run.p1.items()}
+    assert verdicts[2] == "hang" and verdicts[4] == "traceback" and verdicts[6] == "traceback", verdicts
+    assert "worker died" in run.p1[4]["fsck"]["traceback"]["type"]
+    assert run.p1[6]["fsck"]["traceback"]["type"] == "IndexError"
+    assert all(v in ("clean", "errors", "operational") for c, v in verdicts.items() if c not in (2, 4, 6))
+    assert run.p1[2]["mutator"] in fz.MUTATORS, "a lost case still says what it was"
+    s = run.summary()["phase1"]
+    assert (s["cases"], s["hangs"], s["tracebacks"]) == (9, 1, 2)
+    assert run.failed()
+    fails, _ = run.failures()
+    replays = {e["replay"] for e in fails.values()}
+    assert "tools/fuzz_images.py --seed 3 --case 2" in replays, replays
+
+
+@pytest.mark.mount
+def test_phase2_catches_a_hung_walk_and_leaves_nothing_behind(corpus, workdir, monkeypatch):
+    monkeypatch.setenv("FUZZ_IMAGES_SELFTEST", "walk-hang")
+    d = os.path.join(workdir, "walk-hang")
+    os.makedirs(d, exist_ok=True)
+    image = os.path.join(d, "image.img")
+    with open(image, "wb") as f:
+        f.write(corpus.bytes["clean"])
+    res = fz.mount_check(image, d, {}, timeout=5, case=0)
+    assert res["mount"]["result"] == "mounted" and res["pid"]
+    assert "hang" in res["events"], res
+    assert res["walk"]["hang_in"] == "selftest sleep"
+    assert fz.mountinfo(os.path.join(d, "mnt")) is None, "left mounted"
+    assert not fz.process_alive(res["pid"]), "the daemon was left running"
+
+
 # --- a bounded run -------------------------------------------------------------------------------------
 @pytest.mark.mount
 def test_bounded_fuzz_run(tmp_path):
