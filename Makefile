@@ -59,3 +59,7 @@ xfstests:  ## xfstests' generic/quick against this checkout's daxfs (~25-40 min;
 	@if [ -z "$(XFSTESTS)" ]; then echo "make xfstests: set XFSTESTS=/path/to/a/built/xfstests/checkout (docs/xfstests.md)" >&2; exit 2; fi
 	@$(MAKE) --no-print-directory $(STAMP)
 	tools/xfstests/run.sh --xfstests "$(XFSTESTS)" --venv "$(VENV)" $(XFSTESTS_ARGS) $(TESTS)
+
+fuzz: venv  ## hostile images (issue 9): 5,000 corrupted images through fsck/inspect, 500 through mount+walk+write
+	mkdir -p crash-reports
+	$(PY) tools/fuzz_images.py --seed 1 --cases 5000 --mounts 500 --json crash-reports/fuzz.json

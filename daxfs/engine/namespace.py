@@ -70,6 +70,8 @@ class Namespace(Xattrs):
                 extra_blocks: int = 0) -> Inode:
         parent = self.inode(parent_ino)
         d = self._new_entry_checks(parent, name)
+        if stat.S_ISDIR(mode) and parent.nlink >= LINK_MAX:  # a subdirectory is a link of its parent
+            raise FsError(errno.EMLINK)
         self._begin(extra_blocks)
         if self.alloc.inodes.free_now < 1:
             raise FsError(errno.ENOSPC)
@@ -240,6 +242,8 @@ class Namespace(Xattrs):
                 raise FsError(errno.EISDIR)
             if stat.S_ISDIR(target.mode) and len(self._dir(target)):
                 raise FsError(errno.ENOTEMPTY)
+        if stat.S_ISDIR(src.mode) and np_ is not op and target is None and np_.nlink >= LINK_MAX:
+            raise FsError(errno.EMLINK)
         self._begin(freeing=target is not None)
         if flags & RENAME_EXCHANGE:
             od.retarget(old, target.ino, target.mode)
