@@ -169,3 +169,18 @@ def test_umount_of_a_dead_mount_whose_last_request_was_aborted(monkeypatch):
     said = []
     daemon.unmount("/mnt/x", said.append)
     assert calls == [("/mnt/x", True)] and "daemon was gone" in said[0]
+
+
+def test_an_interrupted_campaign_says_so_and_never_exits_as_a_pass(tmp_path):
+    p = subprocess.Popen([sys.executable, "-m", "daxfs.cli", "crashtest", "--mode", "sync", "--seed", "2", "--points",
+                          "40", "--workload", "appends", "--jobs", "1"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                         text=True, stdin=subprocess.DEVNULL)
+    seen = []
+    for line in p.stdout:  # wait until the crash points have started
+        seen.append(line)
+        if "crash points to run" in line:
+            break
+    p.send_signal(signal.SIGINT)
+    out = "".join(seen) + p.stdout.read()
+    assert p.wait(timeout=120) == 130, out
+    assert "INTERRUPTED" in out and "this is no pass" in out, out
