@@ -162,11 +162,13 @@ class DaxOperations(pyfuse3.Operations):
         self.handles[fh] = Handle(ino, bool(flags & (os.O_SYNC | os.O_DSYNC)))
         # Every change to a file's data reaches the kernel's page cache through this daemon's replies,
         # except stores through direct mappings: so an open keeps the cached pages (a warm read costs no
-        # request) unless the file was mapped since the cache last started afresh; then it starts from
-        # what pmem holds. While a direct mapping is live, stores go on behind the cache's back: then
+        # request) unless the file was mapped since the cache last started afresh (then it starts from
+        # what pmem holds) While a direct mapping is live, stores go on behind the cache's back: then
         # no page cache at all (direct_io).
         mapped = self.fs.dax_mapped(ino)
-        keep = ino not in self.fs.behind_cache
+        # ... and unless a read would update atime (relatime's rule, strictatime): a cached read never
+        # reaches the daemon, so it could not.
+        keep = ino not in self.fs.behind_cache and not self.fs.read_updates_atime(self.fs.inode(ino))
         if not mapped:
             self.fs.behind_cache.discard(ino)
         return pyfuse3.FileInfo(fh=fh, keep_cache=keep, direct_io=mapped)

@@ -23,7 +23,7 @@ from daxfs.engine import format as fmt
 from daxfs.engine.alloc import Allocator
 from daxfs.engine.chain import SlotChain
 from daxfs.engine.directory import Directory
-from daxfs.engine.errors import FsError
+from daxfs.engine.errors import CorruptImage, FsError
 from daxfs.engine.extent import ExtentMap
 from daxfs.engine.inode import Inode, InodeTable
 from daxfs.engine.journal import Journal
@@ -134,7 +134,12 @@ class FsCore:
             chain = SlotChain(self.journal, self.alloc.alloc_block, fmt.K_EXTENTS, inode.ino, fmt.EXTENT_SIZE,
                               inode.extent_head, lambda head: self._set_head(inode, "extent_head", head),
                               self.inodes.inline_extent_slots(inode.ino))
-            inode.extents = ExtentMap(chain, inode.ino)
+            ext = ExtentMap(chain, inode.ino)
+            mapped = sum(e.len for e in ext)
+            if mapped != inode.blocks:  # every later free would take the count below what it holds
+                raise CorruptImage(f"inode {inode.ino}: blocks field says {inode.blocks}, its extents map {mapped}",
+                                   inode.extent_head)
+            inode.extents = ext
         return inode.extents
 
     def _dir(self, inode: Inode) -> Directory:
@@ -162,19 +167,24 @@ class FsCore:
         """A read: update atime as the mount's AtimePolicy says. Under relatime, as Linux mounts by
         default, a read updates atime when atime is not newer than mtime or ctime, or is a day old;
         otherwise reads change no metadata at all."""
-        policy = self.times
-        if self.readonly or policy.mode == "noatime" or (not policy.diratime and stat.S_ISDIR(inode.mode)):
-            return
         t = now_ns()
-        if policy.mode == "strictatime" or inode.atime_ns <= max(inode.mtime_ns, inode.ctime_ns) \
-                or t - inode.atime_ns > DAY_NS:
+        if self.read_updates_atime(inode, t):
             inode.atime_ns = t
-            if policy.lazytime:
+            if self.times.lazytime:
                 self._lazy.add(inode.ino)
                 return
             if self.journal.running_full():
                 self.commit()
             self.inodes.save(inode)
+
+    def read_updates_atime(self, inode: Inode, t: int | None = None) -> bool:
+        """Would a read now change the inode's atime? (The daemon lets the kernel serve reads from its
+        page cache only while the answer is no: a cached read never reaches us.)"""
+        policy = self.times
+        if self.readonly or policy.mode == "noatime" or (not policy.diratime and stat.S_ISDIR(inode.mode)):
+            return False
+        return (policy.mode == "strictatime" or inode.atime_ns <= max(inode.mtime_ns, inode.ctime_ns)
+                or (now_ns() if t is None else t) - inode.atime_ns > DAY_NS)
 
     def _save_lazy(self, ino: int | None = None) -> None:
         """Write the in-memory atimes of lazytime (one inode's, or all) into the running transaction."""

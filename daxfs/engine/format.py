@@ -130,6 +130,7 @@ def describe_blocks(start: int, n: int) -> str:
 
 
 # --- superblock ---------------------------------------------------------------------------------
+MAX_SEQ = 1 << 62  # journal sequence numbers (= transaction ids) stay below this: room to count up from any
 STATE_CLEAN = 1
 STATE_DIRTY = 2
 

@@ -152,6 +152,8 @@ def _verified(region: PmemRegion, sb: fmt.Superblock, kinds: tuple[int, ...]) ->
             fmt.read_header(arr[i].tobytes(), blkno)
         except CorruptImage:
             continue  # a damaged block commits nothing and numbers nothing
+        if int(seq[i]) >= fmt.MAX_SEQ:
+            continue  # no writer numbers so high: damage that only looks like a header
         out.append((int(seq[i]), blkno))
     return out
 

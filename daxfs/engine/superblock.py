@@ -63,7 +63,8 @@ def check_geometry(sb: fmt.Superblock, region: PmemRegion) -> None:
         raise CorruptImage(f"{region.path}: superblock geometry: data at {sb.data_start}", 0)
     if sb.bitmap_blocks != fmt.blocks_for_bits(sb.total_blocks) or \
             sb.ibitmap_blocks != fmt.blocks_for_bits(sb.inode_count) or \
-            sb.itable_blocks * fmt.INODES_PER_BLOCK < sb.inode_count or not (0 <= sb.journal_tail < sb.journal_blocks):
+            sb.itable_blocks * fmt.INODES_PER_BLOCK < sb.inode_count or not (0 <= sb.journal_tail < sb.journal_blocks) \
+            or not 0 < sb.journal_seq < fmt.MAX_SEQ:
         raise CorruptImage(f"{region.path}: superblock geometry is inconsistent", 0)
 
 
