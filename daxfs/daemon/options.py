@@ -14,7 +14,7 @@ IGNORED_OPTIONS = {"defaults", "auto", "noauto", "user", "nouser", "users", "own
 # FUSE's own options, which mount(8) hands back to the helper on a remount (from /proc/self/mountinfo):
 # daxfs sets them itself (default_permissions always).
 FUSE_OWN = {"user_id", "group_id", "rootmode", "max_read", "blksize", "fsname", "subtype", "default_permissions"}
-# The kernel's own mount flags, passed through to the FUSE mount (FUSE's defaults: nodev, nosuid, exec).
+# The kernel's own mount flags, passed through to the FUSE mount.
 KERNEL_FLAGS = {"dev": ("dev", True), "nodev": ("dev", False), "suid": ("suid", True), "nosuid": ("suid", False),
                 "exec": ("exec", True), "noexec": ("exec", False)}
 ATIME_MODES = ("relatime", "strictatime", "noatime")
@@ -30,8 +30,11 @@ class MountOptions:
     msync: bool = True  # persist with msync (host-crash safety); nomsync for RAM-backed images
     log: str | None = None
     crash_at: list[tuple[str, int]] = field(default_factory=list)
-    dev: bool = False
-    suid: bool = False
+    # As a kernel file system mounted by root: dev and suid unless asked otherwise (mount(8) passes a
+    # helper only the flags that differ from those defaults, so "dev" never reaches us); FUSE itself
+    # forces nodev,nosuid on mounts by other users.
+    dev: bool = field(default_factory=lambda: os.getuid() == 0)
+    suid: bool = field(default_factory=lambda: os.getuid() == 0)
     exec: bool = True
     remount: bool = False  # -o remount: change a mounted daxfs between ro and rw (daemon.mount.remount)
     atime: str = "relatime"  # relatime, strictatime or noatime (engine.core.AtimePolicy)

@@ -17,7 +17,7 @@ usage: tools/xfstests/run.sh --xfstests DIR [options] [TESTS or check options ..
   --venv DIR       the daxfs under test (default: the repository's .venv)
   --image-dir DIR  where the run directory with the TEST and SCRATCH images goes (default /dev/shm)
   --size SIZE      size of each image, as `daxfs mkfs --size` takes it (default 1G)
-  --options OPTS   daxfs mount options for both mounts (default allow_other,nomsync,dev,suid)
+  --options OPTS   daxfs mount options for both mounts (default allow_other,nomsync)
   --results DIR    xfstests' RESULT_BASE (default XFSTESTS/results/daxfs-YYYYmmdd-HHMMSS)
   --json FILE      also write the summary there (it is always in RESULTS/summary.json)
   --no-users       do not provide the fsgqa, fsgqa2 and 123456-fsgqa users
@@ -110,7 +110,7 @@ XFSTESTS=${XFSTESTS:-}
 VENV=$repo/.venv
 IMAGE_DIR=/dev/shm
 SIZE=1G
-OPTIONS=allow_other,nomsync,dev,suid  # dev,suid: the defaults of the local file systems xfstests expects
+OPTIONS=allow_other,nomsync
 RESULTS=
 JSON=
 USERS=1
