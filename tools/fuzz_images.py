@@ -1517,20 +1517,25 @@ def process_alive(pid: int) -> bool:
         return False
 
 
-def pids_with_arg(token: str) -> list[int]:
-    """Processes whose command line has `token` as one argument: the daemons this run started (every
-    case image path is unique to the run)."""
-    out = []
+def cmdlines():
+    """(pid, arguments) of every other process, as /proc shows them."""
     for d in os.listdir("/proc"):
         if not d.isdigit() or int(d) == os.getpid():
             continue
         try:
             with open(f"/proc/{d}/cmdline", "rb") as f:
-                args = f.read().split(b"\0")
+                yield int(d), f.read().split(b"\0")
         except OSError:
             continue
+
+
+def pids_with_arg(token: str) -> list[int]:
+    """Processes whose command line has `token` as one argument: the daemons this run started (every
+    case image path is unique to the run)."""
+    out = []
+    for pid, args in cmdlines():
         if token.encode() in args:
-            out.append(int(d))
+            out.append(pid)
     return out
 
 
@@ -2387,16 +2392,9 @@ def sweep(workdir: str) -> None:
 def _our_daemons(workdir: str) -> list[int]:
     out = []
     prefix = (os.path.realpath(workdir) + "/").encode()
-    for d in os.listdir("/proc"):
-        if not d.isdigit() or int(d) == os.getpid():
-            continue
-        try:
-            with open(f"/proc/{d}/cmdline", "rb") as f:
-                args = f.read().split(b"\0")
-        except OSError:
-            continue
+    for pid, args in cmdlines():
         if b"mount" in args and any(a.startswith(prefix) and a.endswith(b".img") for a in args):
-            out.append(int(d))
+            out.append(pid)
     return out
 
 
