@@ -11,8 +11,7 @@ from daxfs.engine.errors import CorruptImage
 from daxfs.engine.fs import FileSystem
 from daxfs.engine.fsck import check
 from daxfs.engine.inode import clamp_time
-from daxfs.engine.mkfs import mkfs
-from helpers import ROOT, edit, edit_inode, err, mkfile, populate, superblock
+from helpers import ROOT, edit, edit_inode, err, make_template, mkfile, superblock
 
 MiB = 1 << 20
 Y2514_NS = 17_241_753_600 * 10**9  # 2514-05-30, past what signed 64-bit nanoseconds hold
@@ -21,11 +20,7 @@ Y2514_NS = 17_241_753_600 * 10**9  # 2514-05-30, past what signed 64-bit nanosec
 @pytest.fixture
 def populated(tmp_path):
     path = str(tmp_path / "img.img")
-    mkfs(path, 16 * MiB)
-    f = FileSystem.open(path, durable=False)
-    tree = populate(f)
-    f.close()
-    return path, tree
+    return path, make_template(path)
 
 
 @pytest.mark.parametrize("field, value, words", [
