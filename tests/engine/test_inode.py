@@ -13,7 +13,6 @@ from daxfs.engine.fsck import check
 from daxfs.engine.inode import clamp_time
 from helpers import ROOT, edit, edit_inode, err, make_template, mkfile, superblock
 
-MiB = 1 << 20
 Y2514_NS = 17_241_753_600 * 10**9  # 2514-05-30, past what signed 64-bit nanoseconds hold
 
 
