@@ -42,6 +42,7 @@ import socket
 import time
 from dataclasses import dataclass
 
+import numpy as np
 import pyfuse3
 import trio
 
@@ -50,6 +51,8 @@ from daxfs.daemon.control import LINE_TIMEOUT, SEND_TIMEOUT, ControlServer, Peer
 from daxfs.daemon.proc import groups, start_time
 from daxfs.daemon.stats import DaemonStats
 from daxfs.daemon.syncrule import SyncRule
+from daxfs.daemon.userfaults import Window
+from daxfs.dax import uffd
 from daxfs.dax.protocol import (MAX_FAULT_PAGES, MAX_ID, ControlError, ProtocolError, decode, encode, field,
                                 refusal)
 from daxfs.engine.errors import CorruptImage, FsError
@@ -57,6 +60,7 @@ from daxfs.engine.format import BLOCK_SIZE as BS, MAX_FILE_BLOCKS
 from daxfs.engine.fs import FileSystem
 from daxfs.engine.mappings import DaxMapping
 from daxfs.engine.inode import Inode
+from daxfs.engine.mounttab import fs_type
 
 log = logging.getLogger("daxfs")
 
@@ -67,6 +71,8 @@ REAP_INTERVAL = 2.0  # seconds between looks for mappings of processes that died
 MAX_BYTES = MAX_FILE_BLOCKS * BS  # the largest offset or length a mapping may have
 MAX_STALE = 4096  # stale pages in one dax_sync answer (so that it fits in a message)
 FDS_REQUEST = 4096  # bytes in the one request of the descriptor socket
+LAYOUT_RUNS = 2048  # (page, pages, block) runs in one dax_layout answer (so that it fits in a message)
+MAX_ADDRESS = 1 << 47  # x86-64 user space: a window's base must lie below
 
 
 def revoke_stale(state_dir: str) -> None:
@@ -126,6 +132,7 @@ class Client:
     sync: bool
     slot: int
     epoch: int
+    window: trio.CancelScope | None = None  # real faults being served (userfaults.Window)
 
 
 def _answers(fn):
@@ -158,12 +165,19 @@ class FaultService:
         self.socket_owner = self.mounter if socket_owner is None else socket_owner
         self.clients: dict[int, Client] = {}  # by mapping id
         self.epoch = 1
+        # Real faults (userfaultfd) can only be served from shmem: the client's window must be mapped
+        # from the page cache of a tmpfs image.
+        kind = fs_type(image)
+        self.no_real_faults = None if kind == "tmpfs" else (
+            f"the image is on {kind or 'an unknown file system'}, not tmpfs: userfaultfd serves faults of "
+            "shared memory only")
         fs.dax_notify = self._changed
 
     def register(self, control: ControlServer) -> None:
         control.register("dax_map", self._map)
         control.register("dax_fault", self._fault)
         control.register("dax_sync", self._sync)
+        control.register("dax_layout", self._layout)
         control.register("dax_unmap", self._unmap)
 
     async def run(self, task_status=trio.TASK_STATUS_IGNORED) -> None:
@@ -237,6 +251,10 @@ class FaultService:
         length = field(req, "length", int, 1, MAX_BYTES)
         write = field(req, "write", bool, default=False)
         want_sync = field(req, "sync", bool, default=False)
+        real = field(req, "real", bool, default=False)
+        why = self.no_real_faults or (None if self.image_rw is not None else
+                                      "a read-only mount: userfaultfd registers only memory that may be written")
+        real = real and why is None
         if off % BS:
             raise ControlError(f"EINVAL: field 'offset' must be a multiple of the page size ({BS})")
         self._reap()
@@ -246,7 +264,7 @@ class FaultService:
         started = start_time(peer.pid)
         if not started:  # gone already: _reap could never tell that its mapping died
             raise ControlError(f"ESRCH: process {peer.pid} is gone")
-        dm = self.fs.dax_map(ino, off // BS, -(-length // BS), write)
+        dm = self.fs.dax_map(ino, off // BS, -(-length // BS), write, layout=real)
         try:
             sync = self.rule.is_sync(ino, want_sync)
             self.epoch += 1
@@ -256,12 +274,31 @@ class FaultService:
             raise
         self.clients[dm.id] = c
         self.stats.dax_maps += 1
+        self.stats.real_fault_maps += real
         # Pages read before through handles opened before now must not be served from the page cache
         # any more; handles opened from now on bypass it (fuseops._open_handle). In a thread: the
         # kernel waits for pages under read, and those reads need this loop.
         await trio.to_thread.run_sync(_invalidate, ino, False)
         return {"id": dm.id, "slot": c.slot, "epoch": c.epoch, "sync": sync, "fds": self.fd_path,
-                "size": inode.size}
+                "size": inode.size, "real": real, "why": why}
+
+    @_answers
+    async def _layout(self, peer: Peer, req: dict) -> dict:
+        """The window's pages as runs (first page, pages, pmem block) from page `from` of the window;
+        "next" is where to ask again, null at the end."""
+        self._check(peer)
+        c = self._own(peer, field(req, "id", int, 1, MAX_ID))
+        layout = c.dm.layout
+        if layout is None:
+            raise ControlError("EINVAL: the mapping has explicit faults: it has no layout")
+        start = field(req, "from", int, 0, len(layout))
+        # a run breaks wherever the next page's block is not the next block
+        breaks = np.flatnonzero(np.diff(layout[start:]) != 1) + 1
+        edges = [0, *breaks.tolist(), len(layout) - start]
+        runs = [[start + a, b - a, int(layout[start + a])] for a, b in zip(edges[:LAYOUT_RUNS], edges[1:LAYOUT_RUNS + 1])
+                if b > a]
+        end = runs[-1][0] + runs[-1][1] if runs else len(layout)
+        return {"runs": runs, "next": end if end < len(layout) else None}
 
     @_answers
     async def _fault(self, peer: Peer, req: dict) -> dict:
@@ -311,6 +348,8 @@ class FaultService:
         self.board.words[c.slot] = 0 if dm.revoked else c.epoch
 
     def _drop(self, c: Client) -> None:
+        if c.window is not None:
+            c.window.cancel()
         self.fs.dax_unmap(c.dm)
         self.board.give_back(c.slot)
         del self.clients[c.dm.id]
@@ -325,19 +364,28 @@ class FaultService:
         await serve_unix(self.fd_path, self._hand_fds, self.stats, self.socket_owner, task_status)
 
     async def _hand_fds(self, conn, peer: Peer) -> None:
-        """One request ({"write": bool}), one answer: the image and board descriptors, or a refusal.
-        Anything unexpected is logged, counted and answered EIO; the connection ends either way."""
+        """One request, one answer: {"write": bool} gets the image and board descriptors;
+        {"uffd": id, "base": address} with a userfaultfd attached registers a real-fault window, and
+        the connection then stays open while the window lives (the client learns of the daemon's end
+        from its close). A refusal ends the connection; anything unexpected is logged, counted and
+        answered EIO."""
+        fds: list[int] = []
         try:
-            line = await _read_line(conn)
+            line, fds = await _read_request(conn)
             if line is None:
                 return  # no request within LINE_TIMEOUT, or the peer went away: nothing to answer
             try:
                 error = self._refusal(peer)
-                write = False
-                if error is None:
-                    write = field(decode(line), "write", bool, default=False)
-                    if write and self.image_rw is None:
-                        error = "EROFS: the mount is read-only"
+                req = {} if error else decode(line)
+                if error is None and "uffd" in req:
+                    c = self._own(peer, field(req, "uffd", int, 1, MAX_ID))
+                    base = field(req, "base", int, uffd.PAGE, MAX_ADDRESS)
+                    fd = self._userfaultfd(c, base, fds)
+                    fds.remove(fd)
+                    return await self._serve_window(c, conn, fd, base)
+                write = field(req, "write", bool, default=False)
+                if error is None and write and self.image_rw is None:
+                    error = "EROFS: the mount is read-only"
             except ProtocolError as e:
                 error = f"EINVAL: {e}"
             except ControlError as e:
@@ -347,9 +395,9 @@ class FaultService:
                 with trio.move_on_after(SEND_TIMEOUT):
                     await conn.send(encode({"ok": False, "error": error}))
                 return
-            fds = array.array("i", [self.image_rw if write else self.image_ro, self.board.ro_fd])
+            handed = array.array("i", [self.image_rw if write else self.image_ro, self.board.ro_fd])
             with trio.move_on_after(SEND_TIMEOUT):
-                await conn.sendmsg([encode({"ok": True})], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, fds.tobytes())])
+                await conn.sendmsg([encode({"ok": True})], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, handed.tobytes())])
         except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
             return  # the peer went away: its answer has nowhere to go
         except Exception:
@@ -357,22 +405,66 @@ class FaultService:
             log.exception("descriptor request of uid %d pid %d failed; answered EIO", peer.uid, peer.pid)
             with contextlib.suppress(OSError), trio.move_on_after(SEND_TIMEOUT):
                 await conn.send(encode({"ok": False, "error": "EIO: internal error (see the log)"}))
+        finally:
+            for fd in fds:
+                os.close(fd)
+
+    def _userfaultfd(self, c: Client, base: int, fds: list[int]) -> int:
+        """The one descriptor a window request carries, checked to be a userfaultfd."""
+        if c.dm.layout is None or c.window is not None:
+            raise ControlError("EINVAL: the mapping has explicit faults, or its window is registered already")
+        if base % uffd.PAGE:
+            raise ControlError("EINVAL: field 'base' must be a multiple of the page size")
+        if len(fds) != 1 or os.readlink(f"/proc/self/fd/{fds[0]}") != "anon_inode:[userfaultfd]":
+            raise ControlError("EINVAL: a window request carries exactly one descriptor, a userfaultfd")
+        return fds[0]
+
+    async def _serve_window(self, c: Client, conn, fd: int, base: int) -> None:
+        """Serve the window's faults until the client closes the connection (it unmapped or died),
+        the mapping is dropped, or the daemon stops. The userfaultfd is closed at the end, which
+        unregisters the window: the client's own watch (daxfs.dax) then takes its pages away."""
+        try:
+            os.set_blocking(fd, False)
+            window = Window(self.fs, self.rule, self.stats, c.dm, c.sync, fd, base)
+            with trio.CancelScope() as scope:
+                c.window = scope
+                with trio.move_on_after(SEND_TIMEOUT):
+                    await conn.send(encode({"ok": True}))
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(window.serve)
+                    await _closed(conn)
+                    nursery.cancel_scope.cancel()
+        finally:
+            os.close(fd)
+            if self.clients.get(c.dm.id) is c:
+                self._drop(c)
 
 
-async def _read_line(conn) -> bytes | None:
+async def _closed(conn) -> None:
+    """Return when the peer closes its end (anything it sends meanwhile is ignored)."""
+    with contextlib.suppress(OSError, trio.BrokenResourceError, trio.ClosedResourceError):
+        while await conn.recv(256):
+            pass
+
+
+async def _read_request(conn) -> tuple[bytes | None, list[int]]:
     """The descriptor socket's one request: a line of at most FDS_REQUEST bytes (longer: returned as
-    it is, for decode to refuse), or None if the peer sent no newline within LINE_TIMEOUT or left."""
-    buf = b""
+    it is, for decode to refuse), or None if the peer sent no newline within LINE_TIMEOUT or left;
+    and the descriptors that came with it (the caller closes them)."""
+    buf, fds = b"", []
     with trio.move_on_after(LINE_TIMEOUT):
         while b"\n" not in buf:
             if len(buf) > FDS_REQUEST:
-                return buf
-            chunk = await conn.recv(FDS_REQUEST + 1)
+                return buf, fds
+            chunk, anc, _, _ = await conn.recvmsg(FDS_REQUEST + 1, socket.CMSG_SPACE(4 * 4), socket.MSG_CMSG_CLOEXEC)
+            for level, kind, data in anc:
+                if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
+                    fds += array.array("i", data[:len(data) - len(data) % 4])
             if not chunk:
-                return None
+                return None, fds
             buf += chunk
-        return buf.split(b"\n", 1)[0]
-    return None
+        return buf.split(b"\n", 1)[0], fds
+    return None, fds
 
 
 def _invalidate(ino: int, attr_only: bool) -> None:

@@ -74,6 +74,8 @@ class DaemonStats:
     commit_latency: Histogram = field(default_factory=Histogram)
     # direct access (faults.py): faults as the daemon served them, from request to answer
     dax_maps: int = 0  # mappings made
+    real_fault_maps: int = 0  # of which with real faults (userfaultfd: userfaults.py)
+    sigbus_faults: int = 0  # real faults answered with SIGBUS: beyond EOF, ENOSPC
     read_faults: int = 0
     write_faults: int = 0
     sync_write_faults: int = 0  # write faults of MAP_SYNC mappings that waited for a commit

@@ -27,6 +27,14 @@ through another path, the page is faulted again. numpy views from view() are raw
 no revocation (their blocks stay pinned, so stores there harm no other file) and close() refuses
 to run while one is alive. Not thread-safe: give each thread its own mapping.
 
+With the image on tmpfs (the usual case) the faults are real instead (faults="auto", the default):
+the window is mapped whole, each page on its block, and registered with a userfaultfd that the daemon
+serves (daemon/userfaults.py). Then any load or store into the window, from any code (numpy, a C
+extension, a system call copying from it) faults as on a DAX kernel, and the methods below only
+check that the mapping is open. A page beyond EOF then gives SIGBUS, as with Python's own mmap
+module. Where real faults are not possible (the image is not on tmpfs, or this kernel or user may not
+use userfaultfd), the mapping falls back to explicit faults and says why once (ExplicitFaults).
+
 Only root and the image's owner may map (faults.py says why); everyone else uses read() and write().
 """
 
@@ -39,10 +47,13 @@ import mmap as _mmap
 import os
 import socket
 import stat
+import threading
+import warnings
 import weakref
 
 import numpy as np
 
+from daxfs.dax import uffd
 from daxfs.dax.protocol import (CONTROL_XATTR, MAX_FAULT_PAGES, ControlClient, ControlError, decode, encode,
                                 errno_of)
 from daxfs.engine.runs import true_runs
@@ -77,9 +88,26 @@ _libc.mmap.restype = ctypes.c_void_p
 _libc.mmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_long]
 _libc.munmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t]
 _libc.msync.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
+_libc.madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
+_MADV_DONTFORK = 10
 _MAP_FAILED = ctypes.c_void_p(-1).value
 
 _NONE, _READ, _WRITE = 0, 1, 2  # a page's state in this process
+
+
+class ExplicitFaults(RuntimeWarning):
+    """Real faults are not possible here; the mapping uses explicit ones (the message says why)."""
+
+
+_said_explicit = False
+
+
+def _say_explicit(why: str) -> None:
+    global _said_explicit
+    if not _said_explicit:
+        _said_explicit = True
+        warnings.warn(f"daxfs.dax: explicit faults only (only the mapping's own methods fault): {why}",
+                      ExplicitFaults, stacklevel=3)
 
 
 class BusError(OSError):
@@ -88,10 +116,13 @@ class BusError(OSError):
 
 
 def mmap(path: str | os.PathLike, length: int, flags: int = MAP_SHARED, offset: int = 0,
-         prot: int = PROT_READ | PROT_WRITE) -> "Mapping":
+         prot: int = PROT_READ | PROT_WRITE, faults: str = "auto") -> "Mapping":
     """Map [offset, offset+length) of a file on a daxfs mount. Errors are those of mmap(2): EINVAL
     (length, offset, flags), EOPNOTSUPP (unknown flags with MAP_SHARED_VALIDATE), EACCES (the file's
-    mode, or not root nor the image's owner), ENODEV (not a regular file of a daxfs mount)."""
+    mode, or not root nor the image's owner), ENODEV (not a regular file of a daxfs mount).
+    faults: "auto" (real faults where possible), "real" (EOPNOTSUPP where not), "explicit"."""
+    if faults not in ("auto", "real", "explicit"):
+        raise ValueError(f"faults={faults!r}: 'auto', 'real' or 'explicit'")
     flags = _check_flags(flags)
     if length <= 0 or offset < 0 or offset % PAGE:
         raise OSError(errno.EINVAL, "the length must be positive and the offset a multiple of the page size")
@@ -121,9 +152,11 @@ def mmap(path: str | os.PathLike, length: int, flags: int = MAP_SHARED, offset: 
                               "write()") from None
     try:
         reply = _ask(conn, "dax_map", OSError, ino=st.st_ino, offset=int(offset), length=int(length), write=write,
-                     sync=sync)
+                     sync=sync, real=faults != "explicit")
         try:
-            image_fd, board_fd = _receive_fds(reply["fds"], write)
+            # userfaultfd registers only memory that could be made writable: a window's image descriptor
+            # is read-write even for PROT_READ (the image is its owner's or root's, as are windows)
+            image_fd, board_fd = _receive_fds(reply["fds"], write or reply.get("real", False))
         except BaseException:
             with contextlib.suppress(ControlError, OSError):
                 conn.call("dax_unmap", id=reply["id"])  # or its blocks stay pinned until we exit
@@ -132,6 +165,22 @@ def mmap(path: str | os.PathLike, length: int, flags: int = MAP_SHARED, offset: 
         conn.close()
         raise
     m = Mapping(os.fspath(path), conn, reply, image_fd, board_fd, offset, length, write)
+    why = reply.get("why")
+    if reply.get("real"):
+        try:
+            m._attach_window()
+        except uffd.Unavailable as e:
+            m.close()
+            why = str(e)
+            if faults == "real":
+                raise OSError(errno.EOPNOTSUPP, f"{os.fspath(path)}: no real faults: {why}") from None
+            _say_explicit(why)
+            return mmap(path, length, flags, offset, prot, faults="explicit")
+    elif faults == "real":
+        m.close()
+        raise OSError(errno.EOPNOTSUPP, f"{os.fspath(path)}: no real faults: {why}")
+    elif faults == "auto":
+        _say_explicit(why or "the daemon offers none")
     if flags & MAP_POPULATE:
         m.populate()
     return m
@@ -203,6 +252,7 @@ class Mapping:
         self._id, self._slot, self._epoch = reply["id"], reply["slot"], reply["epoch"]
         self._first = offset // PAGE
         self._size = reply["size"]  # i_size when mapped (for MAP_POPULATE)
+        self._fds_path = reply["fds"]
         npages = -(-length // PAGE)
         self._conn = conn
         self._image_fd = image_fd
@@ -216,8 +266,10 @@ class Mapping:
         self._state = np.zeros(npages, dtype=np.uint8)
         self._exports: list[weakref.ref] = []  # the buffers under view()s (ctypes arrays: unhashable)
         self._closed = False
+        self.real = False  # real faults (userfaultfd), once _attach_window has registered the window
+        self._watch = _Watch(self._base, npages * PAGE)
         self._release = weakref.finalize(self, _release, os.getpid(), conn, self._id, self._base, npages * PAGE,
-                                         image_fd, self._board, board)
+                                         image_fd, self._board, board, self._watch)
 
     # --- access -----------------------------------------------------------------------------------
     def __len__(self) -> int:
@@ -278,7 +330,10 @@ class Mapping:
     def populate(self) -> None:
         """Read-fault every page up to the end of the file (what MAP_POPULATE does at mmap time)."""
         end = min(self.length, max(0, self._size - self.offset))
-        if end > 0:
+        if end > 0 and self.real:
+            self._check()
+            int(self._mem[0:end:PAGE].sum())  # one load per page: each a real read fault
+        elif end > 0:
             self._ensure(0, end, write=False)
 
     def close(self) -> None:
@@ -306,6 +361,36 @@ class Mapping:
         state = "closed" if self._closed else f"{int(np.count_nonzero(self._state))} pages faulted"
         return (f"<daxfs.dax.Mapping {self.path} [{self.offset}, +{self.length}) "
                 f"{'rw' if self.writable else 'ro'}{' MAP_SYNC' if self.sync else ''}, {state}>")
+
+    # --- real faults ------------------------------------------------------------------------------
+    def _attach_window(self) -> None:
+        """Map every page of the window on its block (the daemon's layout), register the window with
+        a new userfaultfd and hand that to the daemon, which serves its faults from then on. The
+        window is not inherited by fork() (a child would get it unregistered, with no one to fault
+        it): MADV_DONTFORK. uffd.Unavailable if this kernel or user cannot."""
+        npages = len(self._state)
+        prot = PROT_READ | (PROT_WRITE if self.writable else 0)
+        start: int | None = 0
+        while start is not None:
+            r = _ask(self._conn, "dax_layout", OSError, id=self._id, **{"from": start})
+            for rel, n, pblk in r["runs"]:
+                _sys(_libc.mmap(self._base + rel * PAGE, n * PAGE, prot, MAP_SHARED | _MAP_FIXED, self._image_fd,
+                                pblk * PAGE), "mapping the window")
+            start = r["next"]
+        _sys(_libc.madvise(self._base, npages * PAGE, _MADV_DONTFORK), "madvise(MADV_DONTFORK)")
+        try:
+            fd = uffd.create(user_mode_only=False)
+        except uffd.Unavailable as e:
+            if e.errno != errno.EPERM:
+                raise
+            fd = uffd.create(user_mode_only=True)  # unprivileged: vm.unprivileged_userfaultfd = 0
+        try:
+            uffd.register(fd, self._base, npages * PAGE, self.writable)
+            self._watch.start(self._fds_path, self._id, fd)
+        finally:
+            os.close(fd)  # the daemon holds it now: when the daemon goes, the registration goes too
+        self._state[:] = _WRITE if self.writable else _READ  # nothing for the methods to fault
+        self.real = True
 
     # --- faults -----------------------------------------------------------------------------------
     def _index(self, i: int) -> int:
@@ -382,8 +467,65 @@ class Mapping:
         _sys(res, "mapping pages")
 
 
+class _Watch:
+    """The connection on which a window was handed to the daemon. The daemon keeps it open while it
+    serves the window; when it closes (unmount, a daemon killed), the window's registration is gone
+    with the daemon's userfaultfd, and the window would be plain shared memory of the image: loads
+    and stores with no fault and no rule. So a thread waits for that close and puts memory over the
+    window that gives SIGBUS at any access (a mapping of an empty memfd), as Linux does to mappings of
+    a file system that went away."""
+
+    def __init__(self, base: int, size: int) -> None:
+        self.base, self.size = base, size
+        self.sock: socket.socket | None = None
+        self.lock = threading.Lock()
+        self.gone = False  # closed by us (unmapped) or by the daemon (revoked): act no more
+
+    def start(self, fds_path: str, map_id: int, fd: int) -> None:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            sock.settimeout(30)
+            sock.connect(fds_path)
+            socket.send_fds(sock, [encode({"uffd": map_id, "base": self.base})], [fd])
+            reply = decode(sock.recv(4096).split(b"\n", 1)[0] or b"{}")
+            if not reply.get("ok"):
+                code, what = errno_of(ControlError(reply.get("error", "EIO: the daemon closed the connection")))
+                raise uffd.Unavailable(code or errno.EIO, f"the daemon refused the window: {what}")
+            sock.settimeout(None)
+        except BaseException:
+            sock.close()
+            raise
+        self.sock = sock
+        threading.Thread(target=self._wait, name=f"daxfs-watch-{map_id}", daemon=True).start()
+
+    def _wait(self) -> None:
+        with contextlib.suppress(OSError):
+            while self.sock.recv(256):
+                pass
+        with self.lock:
+            if self.gone:
+                return
+            self.gone = True
+            memfd = os.memfd_create("daxfs-revoked", os.MFD_CLOEXEC)  # size 0: every page is past EOF
+            try:
+                _libc.mmap(self.base, self.size, PROT_READ | PROT_WRITE, MAP_SHARED | _MAP_FIXED, memfd, 0)
+            finally:
+                os.close(memfd)
+
+    def stop(self, owner: bool) -> None:
+        """Stop watching. The owner (not a forked child, whose descriptor is a copy of the same
+        connection) shuts the connection down, which also wakes the thread."""
+        with self.lock:
+            self.gone = True
+            if self.sock is not None:
+                if owner:
+                    with contextlib.suppress(OSError):
+                        self.sock.shutdown(socket.SHUT_RDWR)
+                self.sock.close()
+
+
 def _release(pid: int, conn: ControlClient, map_id: int, base: int, size: int, image_fd: int, board: memoryview,
-             board_map: _mmap.mmap) -> None:
+             board_map: _mmap.mmap, watch: _Watch) -> None:
     """close(), or the garbage collector: tell the daemon (its blocks may be reused), unmap, close.
     A forked child only drops its copies: the mapping is its parent's, and so is the connection."""
     if os.getpid() == pid:
@@ -391,6 +533,7 @@ def _release(pid: int, conn: ControlClient, map_id: int, base: int, size: int, i
             conn.call("dax_unmap", id=map_id)
         except (ControlError, OSError):
             pass  # revoked already, or the daemon is gone: nothing holds the blocks any more
+    watch.stop(os.getpid() == pid)  # before the munmap: the range may be someone else's right after
     conn.close()
     _libc.munmap(base, size)
     os.close(image_fd)

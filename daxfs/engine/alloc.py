@@ -4,7 +4,9 @@ The on-image bitmap (bit i set = i in use) changes only through the journal. In 
 keeps two arrays:
   ondisk  what the running transaction's bitmap blocks say;
   busy    ondisk, plus runs freed by transactions not yet checkpointed (journal.py: such a run must
-          not be reused before then). Allocation searches `busy` only.
+          not be reused before then), plus blocks reserved for the holes of direct mappings
+          (mappings.py: the client's address space points at them already). Allocation searches
+          `busy` only.
 An allocation checks the free count first and changes nothing when it cannot be satisfied whole, so
 ENOSPC never leaves partial metadata behind.
 """
@@ -93,6 +95,24 @@ class Bitmap:
         self.busy[lo:lo + n] = self.ondisk[lo:lo + n]
         self.free_now += int(np.count_nonzero(~self.busy[lo:lo + n]))
         self.pending -= n
+
+    def reserve(self, lo: int, n: int) -> None:
+        """Keep free bits out of allocation without using them on the image (a crash forgets it)."""
+        self.busy[lo:lo + n] = True
+        self.free_now -= n
+
+    def unreserve(self, lo: int, n: int) -> None:
+        self.busy[lo:lo + n] = self.ondisk[lo:lo + n]
+        self.free_now += int(np.count_nonzero(~self.busy[lo:lo + n]))
+
+    def claim(self, lo: int) -> None:
+        """Use a bit that is busy but free on the image: a reserved block, or one freed while pinned
+        (its free count was taken when it was reserved or allocated first)."""
+        if self.ondisk[lo] or not self.busy[lo]:
+            raise CorruptImage(f"{fmt.KIND_NAMES[self.kind]}: claiming bit {lo}, which is not reserved", lo)
+        self.ondisk[lo] = True
+        self.free_ondisk -= 1
+        self._store(lo, lo + 1)
 
     # --- search -----------------------------------------------------------------------------------
     def find(self, n: int, goal: int) -> list[tuple[int, int]]:

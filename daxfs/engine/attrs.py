@@ -71,11 +71,12 @@ class Attributes(Ranges):
         inode.size = size
         inode.unstable.size_tid = self.journal.running_tid
         self._touch(inode)
+        self._dax_zap()
 
     def _truncate_down(self, inode: Inode, size: int) -> None:
         """Unmap everything past `size`, in steps if it takes more than one transaction (module doc)."""
         keep = (size + BS - 1) // BS
-        self._dax_revoke(inode, keep, fmt.MAX_FILE_BLOCKS)
+        self._dax_revoke(inode, size, fmt.MAX_FILE_BLOCKS * BS)
         ext = self._extents(inode)
         budget = max(16, self.journal.max_txn_blocks - self.sb.bitmap_blocks - BITMAP_MARGIN)
         orphans = self._dir(self.inode(fmt.ORPHAN_INO))

@@ -131,7 +131,7 @@ class DataPath(Mappings):
     def _map_new(self, inode: Inode, ext: ExtentMap, hole: IoMap, off: int, end: int) -> None:
         """Allocate pmem for a hole, zero what the write will not cover, map it written."""
         lblk = hole.lblk
-        for pblk, n in self.alloc.alloc_blocks(hole.len, alloc_goal(ext, lblk)):
+        for pblk, n in self._new_blocks(inode, lblk, hole.len, alloc_goal(ext, lblk)):
             crashpoint.hit("alloc.before_zero")
             self._zero_edges(IoMap(lblk, n, pblk, HOLE), pblk, off, end)
             self.journal.ordered(pblk * BS, n * BS)

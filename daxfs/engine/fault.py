@@ -4,6 +4,9 @@ A read fault maps written blocks and gives holes and unwritten blocks as the zer
 nothing. A write fault makes the blocks written through the write path's own _make_written
 (allocation or conversion, zeroed whole) and hands them out writable, with the tid the MAP_SYNC rule
 (unstable.tid_to_commit) says must be committed before a sync mapping may store.
+
+Mappings with a layout (real faults, mappings.py) need no answer but the tid: the client's window
+already points at each page's block, so a fault only makes that block what the access needs.
 """
 
 from __future__ import annotations
@@ -12,16 +15,49 @@ import errno
 
 from daxfs.engine.core import BS
 from daxfs.engine.errors import FsError
+from daxfs.engine.extent import WRITTEN
+from daxfs.engine.inode import Inode
 from daxfs.engine.mappings import DaxMapping
 from daxfs.engine.namespace import Namespace
 from daxfs.engine.unstable import tid_to_commit
 
 
 class Faults(Namespace):
+    def dax_map(self, ino: int, first: int, count: int, writable: bool, layout: bool = False) -> DaxMapping:
+        m = super().dax_map(ino, first, count, writable, layout)
+        if layout:
+            self.ref(ino)  # an unlinked file lives on while a window maps it
+        return m
+
+    def dax_unmap(self, m: DaxMapping) -> None:
+        live = m in self.dax.get(m.ino, ())
+        super().dax_unmap(m)
+        if live and m.layout is not None:
+            self.forget(m.ino)
+
     def dax_fault(self, m: DaxMapping, page: int, count: int,
                   write: bool) -> tuple[list[tuple[int, int, int | None]], int]:
         """Fault file pages [page, page+count) of mapping m: runs (file page, pages, pmem block, None
         for the zero page) and the tid to commit before a MAP_SYNC mapping may store (0: none)."""
+        inode = self._faultable(m, page, count, write)
+        ext = self._extents(inode)
+        tid = self._make_writable(m, inode, page, count) if write else 0
+        return self._hand_out(m, ext.iomap(page, count), write), tid
+
+    def dax_layout_fault(self, m: DaxMapping, page: int, write: bool) -> int:
+        """Fault one page of a mapping with a layout; returns the tid to commit before a MAP_SYNC
+        mapping's store may proceed (0: none). A read of a hole or an unwritten block zeroes the
+        block under the window (it is this page's alone: reserved for it, or unwritten) so that the
+        page reads as zeros; a write makes it written as write() would."""
+        inode = self._faultable(m, page, 1, write)
+        if write:
+            m.written.add(page)
+            return self._make_writable(m, inode, page, 1)
+        if self._extents(inode).iomap(page, 1)[0].state != WRITTEN:
+            self.region.zero(int(m.layout[page - m.first]) * BS, BS)
+        return 0
+
+    def _faultable(self, m: DaxMapping, page: int, count: int, write: bool) -> Inode:
         if m.revoked:
             raise FsError(errno.EFAULT, "the mapping was revoked (truncate, hole punch or unlink)")
         if not (m.first <= page and count > 0 and page + count <= m.first + m.count):
@@ -31,10 +67,9 @@ class Faults(Namespace):
         inode = self.inode(m.ino)
         if (page + count - 1) * BS >= inode.size:
             raise FsError(errno.EFAULT, f"page {page + count - 1} is beyond the end of the file (SIGBUS)")
-        ext = self._extents(inode)
-        tid = 0
-        if write:
-            self._make_written(inode, ext, page, page + count, page * BS, page * BS)
-            self._touch(inode)
-            tid = tid_to_commit(inode.unstable, page, page + count, self.committed_tid)
-        return self._hand_out(m, ext.iomap(page, count), write), tid
+        return inode
+
+    def _make_writable(self, m: DaxMapping, inode: Inode, page: int, count: int) -> int:
+        self._make_written(inode, self._extents(inode), page, page + count, page * BS, page * BS)
+        self._touch(inode)
+        return tid_to_commit(inode.unstable, page, page + count, self.committed_tid)

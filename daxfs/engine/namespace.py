@@ -157,7 +157,7 @@ class Namespace(Xattrs):
 
     def _unreferenced(self, inode: Inode) -> None:
         """nlink reached 0: free now, or keep as an orphan while the kernel still references it."""
-        self._dax_revoke(inode, 0, fmt.MAX_FILE_BLOCKS)
+        self._dax_revoke(inode, 0, fmt.MAX_FILE_BLOCKS * BS, unlink=True)
         if inode.refs > 0:
             self.inodes.save(inode)
             self._dir(self.inode(fmt.ORPHAN_INO)).add(b"%d" % inode.ino, inode.ino, inode.mode)

@@ -17,6 +17,7 @@ only daemon kills, not host crashes, are to be survived. docs/design.md gives th
 
 from __future__ import annotations
 
+import ctypes
 import fcntl
 import mmap
 import os
@@ -28,6 +29,9 @@ from daxfs.engine.errors import DaxfsError
 from daxfs.engine.mounttab import fs_type, mounts
 
 PAGE = mmap.PAGESIZE
+_KEEP_SIZE, _PUNCH_HOLE = 1, 2  # fallocate(2) modes
+_libc = ctypes.CDLL(None, use_errno=True)
+_libc.fallocate.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_long, ctypes.c_long]
 _PWRITE_MIN = 64 * 1024
 
 
@@ -87,6 +91,17 @@ class PmemRegion:
         self.mem[off:off + n] = 0
 
     # --- durability --------------------------------------------------------------------------------
+    def discard(self, off: int, n: int) -> None:
+        """Give the pages of [off, off+n) back to tmpfs (they read as zeros), which also takes them out
+        of every process's page tables: how a direct mapping loses pages (mappings.py)."""
+        if _libc.fallocate(self._fd, _PUNCH_HOLE | _KEEP_SIZE, off, n) != 0:
+            self.zero(off, n)  # a file system that cannot punch: zeroing is all that is left
+
+    def populate(self, off: int, n: int) -> None:
+        """Make sure tmpfs has pages for [off, off+n) (a discarded page reads as zeros but is not in
+        the page cache until then, and a client's fault can only be served from the page cache)."""
+        os.posix_fallocate(self._fd, off, n)
+
     def persist(self, off: int, n: int) -> None:
         if not self.durable or n <= 0:
             return

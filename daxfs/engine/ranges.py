@@ -93,7 +93,7 @@ class Ranges(DataPath):
     def _punch(self, inode: Inode, off: int, end: int) -> int:
         """The whole range, past EOF too (blocks preallocated with KEEP_SIZE), as XFS does."""
         self._begin(freeing=True)
-        self._dax_revoke(inode, off // BS, -(-end // BS))
+        self._dax_revoke(inode, off, end)
         ext = self._extents(inode)
         self._zero_partial(inode, ext, off, end)
         freed = 0
@@ -107,13 +107,14 @@ class Ranges(DataPath):
             inode.unstable.mark(lo, hi, self.journal.running_tid)  # fdatasync must commit the unmapping
         self._in_pieces(ext, -(-off // BS), min(end // BS, ext.last_block()), unmap)
         self._touch(inode)
+        self._dax_zap()
         return freed
 
     def _zero_range(self, inode: Inode, off: int, end: int, keep: bool) -> int:
         ext = self._extents(inode)
         holes = self._holes(ext, off, end)
         total = self._begin_alloc(holes)
-        self._dax_revoke(inode, off // BS, -(-end // BS))
+        self._dax_revoke(inode, off, end)
         self._zero_partial(inode, ext, off, end)
 
         def unwrite(lo: int, hi: int) -> None:
@@ -124,6 +125,7 @@ class Ranges(DataPath):
         if not keep:
             self._extend(inode, end)
         self._touch(inode)
+        self._dax_zap()
         return total
 
     # --- their parts --------------------------------------------------------------------------------
@@ -146,7 +148,7 @@ class Ranges(DataPath):
             while lblk < end:
                 self._room(PIECE)
                 start = lblk
-                for pblk, n in self.alloc.alloc_blocks(end - lblk, alloc_goal(ext, lblk), max_runs=PIECE):
+                for pblk, n in self._new_blocks(inode, lblk, end - lblk, alloc_goal(ext, lblk), max_runs=PIECE):
                     ext.insert(lblk, n, pblk, UNWRITTEN)
                     inode.blocks += n
                     lblk += n

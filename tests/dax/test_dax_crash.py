@@ -1,7 +1,9 @@
 """MAP_SYNC's promise under SIGKILL, in the spirit of xfstests generic/470: MAP_SYNC-map 1 MiB of an
 empty file, store into every page, kill the daemon the moment the last fault has returned, remount:
 every page is allocated and holds its data. The contrast: without MAP_SYNC, on a mount that commits
-every 60 s, the same stores leave pages whose block mapping died with the daemon.
+every 60 s, the same stores leave pages whose block mapping died with the daemon. Both with explicit
+faults (the image on the test's own directory) and with real ones (the image on tmpfs: the stores
+are plain memory stores, each page's first one a userfaultfd fault).
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from helpers import BS, MiB, pattern, read_file
 pytestmark = pytest.mark.mount
 
 PAGES = MiB // BS
+FAULTS = pytest.mark.parametrize("tmpfs", [False, True], ids=["explicit-faults", "real-faults"])
 
 
 def store_every_page_then_kill(m, flags: int) -> tuple[bytes, dict]:
@@ -31,6 +34,7 @@ def store_every_page_then_kill(m, flags: int) -> tuple[bytes, dict]:
     os.close(fd)
     data = pattern(470, MiB)
     mp = dax.mmap(f, MiB, flags)
+    assert mp.real == m.image.startswith("/dev/shm/")
     before = m.stats()
     for p in range(PAGES):
         mp[p * BS:(p + 1) * BS] = data[p * BS:(p + 1) * BS]
@@ -43,15 +47,17 @@ def store_every_page_then_kill(m, flags: int) -> tuple[bytes, dict]:
     return read_file(f), json.loads(os.getxattr(f, "user.daxfs.map"))
 
 
-def test_map_sync_pages_are_allocated_and_hold_their_data_after_sigkill(daxmount):
-    m = daxmount("commit=60")
+@FAULTS
+def test_map_sync_pages_are_allocated_and_hold_their_data_after_sigkill(daxmount, tmpfs):
+    m = daxmount("commit=60", tmpfs=tmpfs)
     got, fmap = store_every_page_then_kill(m, dax.MAP_SHARED_VALIDATE | dax.MAP_SYNC)
     assert fmap["blocks"] == PAGES and all(row[3] == "written" for row in fmap["extents"])
     assert got == pattern(470, MiB)
 
 
-def test_without_map_sync_the_same_stores_lose_their_pages(daxmount):
-    m = daxmount("commit=60")
+@FAULTS
+def test_without_map_sync_the_same_stores_lose_their_pages(daxmount, tmpfs):
+    m = daxmount("commit=60", tmpfs=tmpfs)
     got, fmap = store_every_page_then_kill(m, dax.MAP_SHARED)
     lost = sum(got[p * BS:(p + 1) * BS] != pattern(470, MiB)[p * BS:(p + 1) * BS] for p in range(PAGES))
     assert len(got) == MiB  # the file and its size were committed before the mapping
