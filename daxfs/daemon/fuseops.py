@@ -74,6 +74,16 @@ FATTR_UID, FATTR_GID = 1 << 1, 1 << 2
 SETID = stat.S_ISUID | stat.S_ISGID
 
 
+def _kernel_at_least(major: int, minor: int) -> bool:
+    try:
+        return tuple(int(x) for x in os.uname().release.split("-")[0].split(".")[:2]) >= (major, minor)
+    except ValueError:
+        return False
+
+
+DIRECT_WRITES_COHERENT = _kernel_at_least(6, 6)  # FUSE direct writes invalidate the cached range
+
+
 @dataclass
 class Handle:
     ino: int
@@ -179,7 +189,14 @@ class DaxOperations(pyfuse3.Operations):
         keep = ino not in self.fs.behind_cache and not self.fs.read_updates_atime(self.fs.inode(ino))
         if not mapped:
             self.fs.behind_cache.discard(ino)
-        return pyfuse3.FileInfo(fh=fh, keep_cache=keep, direct_io=mapped)
+        # A write-only handle cannot be mmap(2)ed at all (a mapping needs read access), so it loses
+        # nothing by direct_io, and its writes skip the page-cache copy. Other handles' cached pages
+        # stay coherent: before a direct write the kernel writes back and drops the cached pages of
+        # the range (since Linux 6.6; tests/daemon/test_mount_direct_write.py checks it). Not for
+        # O_SYNC/O_DSYNC: the kernel follows their cached writes with the fsync that persists the data.
+        direct = mapped or (DIRECT_WRITES_COHERENT and (flags & os.O_ACCMODE) == os.O_WRONLY
+                            and not flags & (os.O_SYNC | os.O_DSYNC))
+        return pyfuse3.FileInfo(fh=fh, keep_cache=keep, direct_io=direct)
 
     # --- namespace --------------------------------------------------------------------------------
     @fuse_errors
