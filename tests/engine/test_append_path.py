@@ -34,3 +34,21 @@ def test_an_append_that_does_not_continue_the_last_extent_starts_a_new_one(image
     assert fs.read(a, 9 * BS, 2 * BS) == bytes(BS) + b"x" * 100
     fs.close()
     assert check(image).clean
+
+
+def test_small_records_growing_inside_a_block_zero_what_a_truncate_left_there(image, fs):
+    ino = mkfile(fs, b"log", b"x" * 100)
+    fs.setattr(ino, size=50)  # bytes 50-99 stay in the block's pmem
+    assert fs.write(ino, 200, b"r" * 10) == 10  # past EOF, inside the allocated block
+    assert fs.inode(ino).size == 210
+    assert fs.read(ino, 0, 300) == b"x" * 50 + bytes(150) + b"r" * 10
+    for i in range(20):  # a log's records, each growing i_size inside the block
+        fs.write(ino, 210 + i * 24, bytes([i]) * 24)
+    assert fs.inode(ino).size == 210 + 20 * 24
+    assert fs.sync_tid(ino, True) > fs.committed_tid  # i_size is unstable until a commit
+    fs.commit()
+    fs.close()
+    assert check(image).clean
+    f = reopen(image)
+    assert f.read(ino, 210 + 19 * 24, 24) == bytes([19]) * 24
+    f.close()
