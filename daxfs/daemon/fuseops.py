@@ -286,7 +286,8 @@ class DaxOperations(pyfuse3.Operations):
         self.stats.bytes_written += n
         if self.rule.is_sync(h.ino, h.sync):
             self.stats.sync_writes += 1
-            if await self.rule.commit_before_ack(self.fs.tid_to_commit(h.ino, off, n)):
+            tid = self.fs.tid_to_commit(h.ino, off, n)
+            if tid and await self.rule.commit_before_ack(tid):  # stable blocks (tid 0): no await at all
                 self.stats.sync_faults += 1
         crashpoint.hit("write.before_ack")
         return n
