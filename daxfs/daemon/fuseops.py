@@ -350,11 +350,15 @@ class DaxOperations(pyfuse3.Operations):
         caller without CAP_FSETID, or a chown by anyone. A setattr's reply carries the new mode; after
         the others, the kernel's cached mode is dropped."""
         owner_change = opcode == FUSE_SETATTR and bool(valid & (FATTR_UID | FATTR_GID))
-        if not self.fs.inode(ino).mode & SETID:
+        try:
+            if not self.fs.inode(ino).mode & SETID:
+                return
+            _, gid, pid = self.request_caller()
+            capable = (lambda: proc.has_fsetid(pid)) if owner_change else (lambda: False)
+            killed = self.fs.kill_setid(ino, self._in_group(gid, pid), capable, owner_change)
+        except (FsError, CorruptImage):  # the request itself meets the same error and answers it
             return
-        _, gid, pid = self.request_caller()
-        capable = (lambda: proc.has_fsetid(pid)) if owner_change else (lambda: False)
-        if self.fs.kill_setid(ino, self._in_group(gid, pid), capable, owner_change) and opcode != FUSE_SETATTR:
+        if killed and opcode != FUSE_SETATTR:
             pyfuse3.invalidate_inode(ino, attr_only=True)
 
     def _kill_setid_unflagged(self, ino: int) -> None:
