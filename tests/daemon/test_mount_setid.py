@@ -49,6 +49,14 @@ def write(p):
         os.close(fd)
 
 
+def write_cached(p):  # an O_RDWR handle: the page-cache path (write-only handles use direct_io)
+    fd = os.open(p, os.O_RDWR)
+    try:
+        os.pwrite(fd, b"y", 4096)
+    finally:
+        os.close(fd)
+
+
 def append(p):
     with open(p, "ab") as f:
         f.write(b"more")
@@ -80,7 +88,7 @@ def copy_into(p):
         assert os.copy_file_range(s.fileno(), f.fileno(), 4096, 0, 0) == 4096
 
 
-CHANGES = [write, append, truncate, open_trunc, falloc(0), falloc(FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE),
+CHANGES = [write, write_cached, append, truncate, open_trunc, falloc(0), falloc(FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE),
            falloc(FALLOC_FL_ZERO_RANGE), copy_into]
 # generic/683's tests 1-4 and 9-10 (the caller is not in the file's group): before -> after
 BY_USER = {0o6666: 0o666, 0o6676: 0o676, 0o6766: 0o766, 0o6777: 0o777, 0o2676: 0o676, 0o2777: 0o777}
@@ -118,7 +126,7 @@ def test_the_same_change_by_root_keeps_them(d, change):
         assert oct(mode_of(p)) == oct(before)
 
 
-@pytest.mark.parametrize("change", [write, truncate, falloc(0)], ids=lambda c: c.__name__)
+@pytest.mark.parametrize("change", [write, write_cached, truncate, falloc(0)], ids=lambda c: c.__name__)
 def test_a_caller_in_the_files_group_keeps_sgid_without_group_exec(d, change):
     p = make(d, "g", 0o6666, gid=USER)
     as_user(change, "g", uid=USER, gid=USER, cwd=d)
