@@ -7,9 +7,11 @@ directory (the daxfs image lives in /dev/shm too: everything is RAM-backed):
   passthroughfs+xattr  the FAIR baseline (the ratios' goals are against it): passthroughfs.py plus
                        getxattr/setxattr/listxattr/removexattr and fsync/fsyncdir forwarded to the
                        source. On a mount that answers getxattr the kernel asks for
-                       `security.capability` before every write(2), so a write costs two requests
-                       (GETXATTR + WRITE) on daxfs and on this baseline alike. fsync likewise: both
-                       answer it. (tools/passthrough_counted.py says exactly what it adds, and why
+                       `security.capability` before every write(2), so a write costs it two
+                       requests (GETXATTR + WRITE). daxfs negotiates FUSE_HANDLE_KILLPRIV_V2 through
+                       its shim (docs/design.md) and clears setid bits itself, so its writes cost
+                       one; a file system could do the same, but this baseline is pyfuse3's as it
+                       is, with the xattrs any real one needs. fsync likewise: both answer it. (tools/passthrough_counted.py says exactly what it adds, and why
                        flush is not among it.)
   passthroughfs        as shipped: no getxattr, no fsync. Its first answer to each is ENOSYS, after
                        which the kernel sends neither for the whole mount: one request per write,

@@ -42,6 +42,7 @@ from dataclasses import dataclass
 import pyfuse3
 import trio
 
+from daxfs.daemon import proc
 from daxfs.daemon.committer import Committer
 from daxfs.daemon.stats import DaemonStats
 from daxfs.daemon.syncrule import SyncRule
@@ -66,6 +67,21 @@ MAP_LIMIT = 60 * 1024  # an xattr value must fit in 64 KiB
 SETATTR_FIELDS = (("update_mode", "mode", "st_mode"), ("update_uid", "uid", "st_uid"), ("update_gid", "gid", "st_gid"),
                   ("update_size", "size", "st_size"), ("update_atime", "atime_ns", "st_atime_ns"),
                   ("update_mtime", "mtime_ns", "st_mtime_ns"), ("update_ctime", "ctime_ns", "st_ctime_ns"))
+# The requests the kernel flags for clearing setid bits (HANDLE_KILLPRIV_V2; fuseshim.py), and
+# setattr's owner fields (linux/fuse.h).
+FUSE_SETATTR, FUSE_OPEN, FUSE_WRITE = 4, 14, 16
+FATTR_UID, FATTR_GID = 1 << 1, 1 << 2
+SETID = stat.S_ISUID | stat.S_ISGID
+
+
+def _kernel_at_least(major: int, minor: int) -> bool:
+    try:
+        return tuple(int(x) for x in os.uname().release.split("-")[0].split(".")[:2]) >= (major, minor)
+    except ValueError:
+        return False
+
+
+DIRECT_WRITES_COHERENT = _kernel_at_least(6, 6)  # FUSE direct writes invalidate the cached range
 
 
 @dataclass
@@ -130,6 +146,8 @@ class DaxOperations(pyfuse3.Operations):
         self.handles: dict[int, Handle] = {}
         self.next_fh = 1
         self.control_path = ""  # the daemon's control socket (control.py), set once it listens
+        self.request_caller = None  # (uid, gid, pid) of the request in a shim callback (fuseshim.py)
+        self.killpriv_v2 = lambda: False  # the shim's: did the kernel agree to HANDLE_KILLPRIV_V2
 
     # --- helpers ----------------------------------------------------------------------------------
     def attrs(self, inode: Inode) -> pyfuse3.EntryAttributes:
@@ -171,7 +189,14 @@ class DaxOperations(pyfuse3.Operations):
         keep = ino not in self.fs.behind_cache and not self.fs.read_updates_atime(self.fs.inode(ino))
         if not mapped:
             self.fs.behind_cache.discard(ino)
-        return pyfuse3.FileInfo(fh=fh, keep_cache=keep, direct_io=mapped)
+        # A write-only handle cannot be mmap(2)ed at all (a mapping needs read access), so it loses
+        # nothing by direct_io, and its writes skip the page-cache copy. Other handles' cached pages
+        # stay coherent: before a direct write the kernel writes back and drops the cached pages of
+        # the range (since Linux 6.6; tests/daemon/test_mount_direct_write.py checks it). Not for
+        # O_SYNC/O_DSYNC: the kernel follows their cached writes with the fsync that persists the data.
+        direct = mapped or (DIRECT_WRITES_COHERENT and (flags & os.O_ACCMODE) == os.O_WRONLY
+                            and not flags & (os.O_SYNC | os.O_DSYNC))
+        return pyfuse3.FileInfo(fh=fh, keep_cache=keep, direct_io=direct)
 
     # --- namespace --------------------------------------------------------------------------------
     @fuse_errors
@@ -261,7 +286,8 @@ class DaxOperations(pyfuse3.Operations):
         self.stats.bytes_written += n
         if self.rule.is_sync(h.ino, h.sync):
             self.stats.sync_writes += 1
-            if await self.rule.commit_before_ack(self.fs.tid_to_commit(h.ino, off, n)):
+            tid = self.fs.tid_to_commit(h.ino, off, n)
+            if tid and await self.rule.commit_before_ack(tid):  # stable blocks (tid 0): no await at all
                 self.stats.sync_faults += 1
         crashpoint.hit("write.before_ack")
         return n
@@ -318,11 +344,42 @@ class DaxOperations(pyfuse3.Operations):
         v.f_namemax = s.namemax
         return v
 
+    # --- setid bits: with HANDLE_KILLPRIV_V2 the kernel leaves clearing them to us (fuseshim.py) ----
+    def kill_setid(self, ino: int, opcode: int, valid: int) -> None:
+        """The shim calls this before a request the kernel flagged: a write, truncate or O_TRUNC open by a
+        caller without CAP_FSETID, or a chown by anyone. A setattr's reply carries the new mode; after
+        the others, the kernel's cached mode is dropped."""
+        owner_change = opcode == FUSE_SETATTR and bool(valid & (FATTR_UID | FATTR_GID))
+        try:
+            if not self.fs.inode(ino).mode & SETID:
+                return
+            _, gid, pid = self.request_caller()
+            capable = (lambda: proc.has_fsetid(pid)) if owner_change else (lambda: False)
+            killed = self.fs.kill_setid(ino, self._in_group(gid, pid), capable, owner_change)
+        except (FsError, CorruptImage):  # the request itself meets the same error and answers it
+            return
+        if killed and opcode != FUSE_SETATTR:
+            pyfuse3.invalidate_inode(ino, attr_only=True)
+
+    def _kill_setid_unflagged(self, ino: int) -> None:
+        """fallocate and copy_file_range change data but carry no flag: /proc says whether the caller
+        has CAP_FSETID (asked only of a file with setid bits)."""
+        if self.request_caller is None or not self.fs.inode(ino).mode & SETID:
+            return
+        _, gid, pid = self.request_caller()
+        if self.fs.kill_setid(ino, self._in_group(gid, pid), lambda: proc.has_fsetid(pid)):
+            pyfuse3.invalidate_inode(ino, attr_only=True)
+
+    @staticmethod
+    def _in_group(fsgid: int, pid: int):
+        return lambda file_gid: file_gid == fsgid or file_gid in proc.groups(pid)
+
     # --- what pyfuse3 cannot receive: fuseshim.py hands these over from libfuse -------------------
     # The kernel has checked the request (open for writing, modes it forwards, ranges) and drops
     # its cached pages and attributes of the range itself once we reply.
     @shim_request
     def fallocate(self, ino: int, fh: int, mode: int, off: int, length: int):
+        self._kill_setid_unflagged(ino)  # as the VFS's file_modified() does first
         self.fs.fallocate(ino, mode, off, length)
         h = self.handles.get(fh)
         if h is not None and h.sync:  # O_SYNC/O_DSYNC: committed before the reply, as ext4 and XFS do
@@ -338,6 +395,7 @@ class DaxOperations(pyfuse3.Operations):
                         length: int, flags: int):
         if flags:
             raise FsError(errno.EINVAL)
+        self._kill_setid_unflagged(ino_out)
         n = self.fs.copy_range(ino_in, off_in, ino_out, off_out, length)
         self.stats.bytes_written += n
         h = self.handles.get(fh_out)
@@ -414,6 +472,7 @@ class DaxOperations(pyfuse3.Operations):
 
     def stats_dict(self) -> dict:
         j = self.fs.journal
+        self.stats.killpriv_v2 = self.killpriv_v2()
         return self.stats.as_dict(
             mode="map_sync" if self.rule.map_sync else "normal",
             image=self.fs.region.path,

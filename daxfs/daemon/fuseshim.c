@@ -12,6 +12,19 @@
  * handlers run their code before the next request is read. The callback returns the result (>= 0),
  * -errno, or SHIM_DEFERRED: then Python replies later through daxfs_shim_reply() (a sync-mode
  * copy that must wait for a commit).
+ *
+ * HANDLE_KILLPRIV_V2. libfuse 3.14 cannot negotiate it, and without it the kernel asks for
+ * security.capability (GETXATTR) before every write(2), one extra round trip per write. The shim
+ * negotiates it itself: fuse_session_mount() installs a custom I/O (read and writev as they were)
+ * whose writev sets FUSE_HANDLE_KILLPRIV_V2 in the INIT reply when the kernel offered it. The kernel
+ * then sets SB_NOSEC (no GETXATTR once it knows a file has no setid bits or capabilities) and leaves
+ * clearing S_ISUID/S_ISGID to us: it flags the requests of callers without CAP_FSETID
+ * (FUSE_WRITE_KILL_SUIDGID, FATTR_KILL_SUIDGID, FUSE_OPEN_KILL_SUIDGID; a chown always). libfuse
+ * drops those flags, so fuse_session_process_buf() is interposed too: it reads the raw request and,
+ * for a flagged one, calls the kill callback before libfuse hands the request to pyfuse3. Splice
+ * reads are turned off in init so that every request arrives in memory. If the kernel does not offer
+ * v2, the init wrapper also turns off HANDLE_KILLPRIV (v1), should libfuse ask for it, so that the kernel
+ * clears the bits itself (v1 would leave it to a file system that gets no flags).
  */
 #define FUSE_USE_VERSION 34
 #define _GNU_SOURCE
@@ -20,7 +33,10 @@
 #include <stdint.h>
 #include <stdio.h>
 #include <string.h>
+#include <unistd.h>
 #include <fuse_lowlevel.h>
+#include <linux/fuse.h>
+#include <sys/uio.h>
 
 #define SHIM_DEFERRED INT64_MIN
 enum { OP_FALLOCATE = 1, OP_LSEEK = 2, OP_COPY_FILE_RANGE = 3 };
@@ -30,7 +46,10 @@ typedef int64_t (*lseek_cb)(void *req, uint64_t ino, uint64_t fh, int64_t off, i
 typedef int64_t (*copy_cb)(void *req, uint64_t ino_in, uint64_t fh_in, int64_t off_in, uint64_t ino_out,
                            uint64_t fh_out, int64_t off_out, uint64_t len, int flags);
 
+typedef void (*kill_cb)(uint64_t ino, uint32_t opcode, uint32_t valid);
+
 static fallocate_cb py_fallocate;
+static kill_cb py_kill;
 static lseek_cb py_lseek;
 static copy_cb py_copy;
 static int sessions;  /* how many sessions were created through us: the daemon checks it is 1 */
@@ -44,6 +63,29 @@ int daxfs_shim_register(fallocate_cb f, lseek_cb l, copy_cb c)
 }
 
 int daxfs_shim_sessions(void) { return sessions; }
+
+/* The request being processed (fuse_session_process_buf): who sent it. Valid during a callback. */
+static struct { uint32_t uid, gid, pid; } caller;
+static uint64_t kernel_init_flags;  /* what the kernel offered in FUSE_INIT */
+static uint64_t init_unique;        /* the INIT request, whose reply we patch */
+static int killpriv_v2;             /* 1 once the INIT reply asked for HANDLE_KILLPRIV_V2 */
+static int want_killpriv_v2;
+
+int daxfs_shim_register_kill(kill_cb k)
+{
+	py_kill = k;
+	want_killpriv_v2 = k != NULL;
+	return 0;
+}
+
+int daxfs_shim_killpriv_v2(void) { return killpriv_v2; }
+
+void daxfs_shim_caller(uint32_t out[3])
+{
+	out[0] = caller.uid;
+	out[1] = caller.gid;
+	out[2] = caller.pid;
+}
 
 int daxfs_shim_reply(fuse_req_t req, int op, int64_t result)
 {
@@ -83,6 +125,101 @@ static void do_copy(fuse_req_t req, fuse_ino_t ino_in, off_t off_in, struct fuse
 							   off_out, len, flags) : -EIO);
 }
 
+static void (*py_init)(void *userdata, struct fuse_conn_info *conn);
+
+static void do_init(void *userdata, struct fuse_conn_info *conn)
+{
+	if (py_init)
+		py_init(userdata, conn);
+	conn->want &= ~FUSE_CAP_SPLICE_READ;  /* every request in memory, for process_buf below */
+	if (!(want_killpriv_v2 && (kernel_init_flags & FUSE_HANDLE_KILLPRIV_V2)))
+		conn->want &= ~FUSE_CAP_HANDLE_KILLPRIV;  /* the kernel clears setid bits itself */
+}
+
+static ssize_t io_read(int fd, void *buf, size_t len, void *userdata) { return read(fd, buf, len); }
+
+static ssize_t io_writev(int fd, struct iovec *iov, int count, void *userdata)
+{
+	if (init_unique && count >= 2 && iov[0].iov_len >= sizeof(struct fuse_out_header)) {
+		struct fuse_out_header *out = iov[0].iov_base;
+		if (out->unique == init_unique) {
+			init_unique = 0;
+			if (out->error == 0 && iov[1].iov_len >= 16 && want_killpriv_v2 &&
+			    (kernel_init_flags & FUSE_HANDLE_KILLPRIV_V2)) {
+				((struct fuse_init_out *)iov[1].iov_base)->flags |= FUSE_HANDLE_KILLPRIV_V2;
+				killpriv_v2 = 1;
+			}
+		}
+	}
+	return writev(fd, iov, count);
+}
+
+typedef int (*session_mount_fn)(struct fuse_session *, const char *);
+
+int fuse_session_mount(struct fuse_session *se, const char *mountpoint)
+{
+	static const struct fuse_custom_io io = {.read = io_read, .writev = io_writev};
+	session_mount_fn real = (session_mount_fn)dlvsym(RTLD_NEXT, "fuse_session_mount", "FUSE_3.0");
+	int r;
+
+	if (!real) {
+		fprintf(stderr, "daxfs fuseshim: libfuse3's fuse_session_mount@FUSE_3.0 not found: %s\n", dlerror());
+		return -1;
+	}
+	r = real(se, mountpoint);
+	if (r == 0 && fuse_session_custom_io(se, &io, fuse_session_fd(se)) != 0)
+		fprintf(stderr, "daxfs fuseshim: no custom I/O: HANDLE_KILLPRIV_V2 not negotiated\n");
+	return r;
+}
+
+typedef void (*process_buf_fn)(struct fuse_session *, const struct fuse_buf *);
+
+void fuse_session_process_buf(struct fuse_session *se, const struct fuse_buf *buf)
+{
+	static process_buf_fn real;
+	const struct fuse_in_header *in = buf->mem;
+	const char *arg = (const char *)(in + 1);
+	uint32_t kill = 0, valid = 0;
+
+	if (!real)
+		real = (process_buf_fn)dlvsym(RTLD_NEXT, "fuse_session_process_buf", "FUSE_3.0");
+	if (!(buf->flags & FUSE_BUF_IS_FD) && buf->size >= sizeof *in) {
+		size_t n = buf->size - sizeof *in;
+		caller.uid = in->uid;
+		caller.gid = in->gid;
+		caller.pid = in->pid;
+		switch (in->opcode) {
+		case FUSE_INIT:
+			if (n >= 16) {
+				const struct fuse_init_in *i = (const void *)arg;
+				kernel_init_flags = i->flags;
+				if ((i->flags & FUSE_INIT_EXT) && n >= 20)
+					kernel_init_flags |= (uint64_t)i->flags2 << 32;
+				init_unique = in->unique;
+			}
+			break;
+		case FUSE_WRITE:
+			if (n >= sizeof(struct fuse_write_in))
+				kill = ((const struct fuse_write_in *)(const void *)arg)->write_flags & FUSE_WRITE_KILL_SUIDGID;
+			break;
+		case FUSE_SETATTR:
+			if (n >= sizeof(struct fuse_setattr_in)) {
+				valid = ((const struct fuse_setattr_in *)(const void *)arg)->valid;
+				kill = valid & FATTR_KILL_SUIDGID;
+			}
+			break;
+		case FUSE_OPEN:
+			if (n >= sizeof(struct fuse_open_in))
+				kill = ((const struct fuse_open_in *)(const void *)arg)->open_flags & FUSE_OPEN_KILL_SUIDGID;
+			break;
+		}
+	}
+	if (kill && killpriv_v2 && py_kill)  /* before the request itself, as the VFS clears before it writes */
+		py_kill(in->nodeid, in->opcode, valid);
+	if (real)
+		real(se, buf);
+}
+
 typedef struct fuse_session *(*session_new_fn)(struct fuse_args *, const struct fuse_lowlevel_ops *, size_t,
 					       void *);
 
@@ -104,6 +241,8 @@ struct fuse_session *fuse_session_new(struct fuse_args *args, const struct fuse_
 	ops.fallocate = do_fallocate;
 	ops.lseek = do_lseek;
 	ops.copy_file_range = do_copy;
+	py_init = ops.init;
+	ops.init = do_init;
 	sessions++;
 	return real(args, &ops, sizeof ops, userdata);
 }

@@ -13,6 +13,12 @@ handlers run their engine calls, and return the result or -errno for the shim to
 that must wait (a commit before the acknowledgement) returns a coroutine instead: it runs as a task
 of the daemon's nursery and replies when it is done.
 
+The shim also negotiates FUSE_HANDLE_KILLPRIV_V2 (fuseshim.c says how): the kernel then stops
+asking for security.capability before every write, and the daemon clears S_ISUID/S_ISGID itself.
+For a request the kernel flags (a write, truncate or O_TRUNC open by a caller without CAP_FSETID;
+a chown), the shim calls ops.kill_setid(ino, opcode, setattr_valid) before the request runs;
+caller() tells the handlers of fallocate and copy_file_range, which carry no flag, who asked.
+
 This module imports neither trio nor pyfuse3 (it is loaded before them).
 """
 
@@ -39,6 +45,7 @@ FALLOCATE = ctypes.CFUNCTYPE(c_int64, c_void_p, c_uint64, c_uint64, c_int, c_int
 LSEEK = ctypes.CFUNCTYPE(c_int64, c_void_p, c_uint64, c_uint64, c_int64, c_int)
 COPY_FILE_RANGE = ctypes.CFUNCTYPE(c_int64, c_void_p, c_uint64, c_uint64, c_int64, c_uint64, c_uint64, c_int64,
                                    c_uint64, c_int)
+KILL = ctypes.CFUNCTYPE(None, c_uint64, ctypes.c_uint32, ctypes.c_uint32)
 
 
 class Shim:
@@ -51,12 +58,25 @@ class Shim:
         lib.daxfs_shim_register.argtypes = [FALLOCATE, LSEEK, COPY_FILE_RANGE]
         lib.daxfs_shim_reply.argtypes = [c_void_p, c_int, c_int64]
         lib.daxfs_shim_sessions.restype = c_int
+        lib.daxfs_shim_register_kill.argtypes = [KILL]
+        lib.daxfs_shim_killpriv_v2.restype = c_int
+        lib.daxfs_shim_caller.argtypes = [ctypes.c_void_p]
+        self._caller = (ctypes.c_uint32 * 3)()
         self.spawn: Callable | None = None
         self._callbacks: tuple = ()  # ctypes callbacks must outlive every call from C
 
     def sessions(self) -> int:
         """How many FUSE sessions were created through the shim (1 once pyfuse3.init() used it)."""
         return self.lib.daxfs_shim_sessions()
+
+    def killpriv_v2(self) -> bool:
+        """Whether the kernel agreed to HANDLE_KILLPRIV_V2 (known once the mount's INIT is answered)."""
+        return bool(self.lib.daxfs_shim_killpriv_v2())
+
+    def caller(self) -> tuple[int, int, int]:
+        """(uid, gid, pid) of the request being processed: valid inside a shim callback."""
+        self.lib.daxfs_shim_caller(self._caller)
+        return self._caller[0], self._caller[1], self._caller[2]
 
     def attach(self, ops) -> None:
         """Call on the thread that will run trio (and so pyfuse3's loop): the handlers refuse any other."""
@@ -83,6 +103,16 @@ class Shim:
                            LSEEK(lambda req, *a: call(OP_LSEEK, ops.lseek, req, *a)),
                            COPY_FILE_RANGE(lambda req, *a: call(OP_COPY_FILE_RANGE, ops.copy_file_range, req, *a)))
         self.lib.daxfs_shim_register(*self._callbacks)
+
+        def kill(ino: int, opcode: int, valid: int) -> None:
+            try:  # nothing may escape into C; a failure leaves the bits, logged
+                ops.kill_setid(ino, opcode, valid)
+            except Exception:
+                log.exception("FUSE shim: clearing setid bits of inode %d failed", ino)
+        self._kill = KILL(kill)
+        ops.request_caller = self.caller
+        ops.killpriv_v2 = self.killpriv_v2
+        self.lib.daxfs_shim_register_kill(self._kill)
 
     async def _reply_later(self, req: int, op: int, coro) -> None:
         self.lib.daxfs_shim_reply(req, op, await coro)

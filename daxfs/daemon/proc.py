@@ -58,3 +58,18 @@ def groups(pid: int) -> set[int]:
     except (FileNotFoundError, ProcessLookupError):
         pass
     return set()
+
+
+CAP_FSETID = 4
+
+
+def has_fsetid(pid: int) -> bool:
+    """Whether thread pid's effective capabilities hold CAP_FSETID (False if it is gone)."""
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith("CapEff:"):
+                    return bool(int(line.split()[1], 16) >> CAP_FSETID & 1)
+    except (FileNotFoundError, ProcessLookupError, ValueError, IndexError):
+        pass
+    return False

@@ -63,6 +63,7 @@ class DaemonStats:
     connections_refused: int = 0  # closed at once: the peer's uid had too many connections open
     accept_failures: int = 0  # accept() failed for want of descriptors or memory (backed off, retried)
     fuse_shim: bool = False  # fallocate, SEEK_DATA/SEEK_HOLE and copy_file_range reach us (fuseshim.py)
+    killpriv_v2: bool = False  # the kernel leaves clearing setid bits to us: no GETXATTR per write (fuseshim.py)
     writes: int = 0
     bytes_written: int = 0
     reads: int = 0

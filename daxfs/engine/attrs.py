@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import errno
 import stat
+from typing import Callable
 
 from daxfs.engine import format as fmt
 from daxfs.engine.core import BS, now_ns
@@ -21,7 +22,37 @@ KEEP_ID = 0xFFFFFFFF  # chown's "leave this id as it is" (-1)
 BITMAP_MARGIN = 64  # journal blocks a truncate step leaves for the rest of its transaction
 
 
+def setid_to_drop(mode: int, in_group: Callable[[], bool], capable: Callable[[], bool],
+                  owner_change: bool = False) -> int:
+    """The setid bits Linux's VFS clears when a file's data or size (or, owner_change, its owner)
+    changes, as setattr_should_drop_suidgid and chown do: S_ISUID; S_ISGID if the file is group-
+    executable, or if the caller is neither in the file's group (in_group) nor has CAP_FSETID
+    (capable); for a data or size change, nothing when the caller has CAP_FSETID. Only regular files
+    (any non-directory for an owner change). in_group and capable are asked only when they matter."""
+    if not mode & (stat.S_ISUID | stat.S_ISGID):
+        return 0
+    if not (stat.S_ISREG(mode) or (owner_change and not stat.S_ISDIR(mode))):
+        return 0
+    drop = mode & stat.S_ISUID
+    if mode & stat.S_ISGID and (mode & stat.S_IXGRP or not (in_group() or capable())):
+        drop |= stat.S_ISGID
+    if drop and not owner_change and capable():
+        return 0
+    return drop
+
+
 class Attributes(Ranges):
+    def kill_setid(self, ino: int, in_group: Callable[[int], bool], capable: Callable[[], bool],
+                   owner_change: bool = False) -> bool:
+        """Clear the setid bits setid_to_drop() names (in_group gets the file's gid), before a write,
+        truncate, fallocate or chown by that caller; True if the mode changed."""
+        inode = self.inode(ino)
+        drop = setid_to_drop(inode.mode, lambda: in_group(inode.gid), capable, owner_change)
+        if drop:
+            self.setattr(ino, mode=inode.mode & 0o7777 & ~drop)
+        return bool(drop)
+
+
     def setattr(self, ino: int, *, mode: int | None = None, uid: int | None = None, gid: int | None = None,
                 size: int | None = None, atime_ns: int | None = None, mtime_ns: int | None = None,
                 ctime_ns: int | None = None) -> Inode:

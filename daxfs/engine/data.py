@@ -61,16 +61,21 @@ class DataPath(Mappings):
             raise FsError(errno.EFBIG)
         ext = self._extents(inode)
         maps = ext.iomap(off // BS, (off + n - 1) // BS + 1 - off // BS)
-        if off + n <= inode.size and all(m.state == WRITTEN for m in maps):
-            # The common overwrite: no mapping changes, so nothing to allocate, zero or mark unstable.
-            self._begin_in_place()
+        if all(m.state == WRITTEN for m in maps):
+            if off + n <= inode.size:
+                # The common overwrite: no mapping changes, so nothing to allocate, zero or mark unstable.
+                self._begin_in_place()
+            else:  # growing i_size inside allocated blocks (a log's small records): _write's steps, less
+                self._begin()  # the mapping, which has nothing to do
+                self._grow_size(inode, off + n)
+                inode.size = off + n
             self._copy_in(inode, maps, off, memoryview(data)[:n])
             self._touch(inode)
             return n
-        n = self._fits(maps, off, n)
-        if n == 0:
+        fit = self._fits(maps, off, n)
+        if fit == 0:
             raise FsError(errno.ENOSPC)
-        return self._write(inode, off, memoryview(data)[:n])
+        return self._write(inode, off, memoryview(data)[:fit], maps=maps if fit == n else None)
 
     def _fits(self, maps: list[IoMap], off: int, n: int) -> int:
         """The longest prefix of a write of n bytes at off (over `maps`) whose new blocks the file
@@ -89,7 +94,8 @@ class DataPath(Mappings):
             end = m.lblk + m.len
         return max(0, min(n, end * BS - off))
 
-    def _write(self, inode: Inode, off: int, data: bytes | memoryview, begin: bool = True) -> int:
+    def _write(self, inode: Inode, off: int, data: bytes | memoryview, begin: bool = True,
+               maps: list[IoMap] | None = None) -> int:
         n = len(data)
         if n == 0:
             return 0
@@ -99,7 +105,7 @@ class DataPath(Mappings):
             raise FsError(errno.EFBIG)
         ext = self._extents(inode)
         end = off + n
-        self._make_written(inode, ext, off // BS, (end - 1) // BS + 1, off, end, begin)
+        self._make_written(inode, ext, off // BS, (end - 1) // BS + 1, off, end, begin, maps)
         if end > inode.size:  # before the copy: growing zeroes the old EOF block past the old size
             self._grow_size(inode, end)
             inode.size = end
@@ -108,11 +114,13 @@ class DataPath(Mappings):
         return n
 
     def _make_written(self, inode: Inode, ext: ExtentMap, lo: int, hi: int, off: int, end: int,
-                      begin: bool = True) -> None:
+                      begin: bool = True, maps: list[IoMap] | None = None) -> None:
         """Make file blocks [lo, hi) written for a store of bytes [off, end): allocate the holes,
         convert the unwritten extents, zero what the store will not cover, mark them unstable. The
-        write path and the write fault (off == end: the whole blocks are zeroed) share it."""
-        maps = ext.iomap(lo, hi - lo)
+        write path and the write fault (off == end: the whole blocks are zeroed) share it. `maps`:
+        ext.iomap(lo, hi - lo) when the caller has it already."""
+        if maps is None:
+            maps = ext.iomap(lo, hi - lo)
         if begin:
             self._begin(sum(m.len for m in maps if m.state == HOLE))
         tid = self.journal.running_tid

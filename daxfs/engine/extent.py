@@ -85,6 +85,11 @@ class ExtentMap:
 
     # --- lookups ----------------------------------------------------------------------------------
     def _overlapping(self, lo: int, hi: int) -> list[Extent]:
+        if not self.map:
+            return []
+        last = self.map.peekitem(-1)[1]
+        if lo >= last.lblk:  # at or after the last extent's start (appends; one-extent files): O(1)
+            return [last] if last.end > lo else []
         keys = self.map.keys()
         i = self.map.bisect_right(lo) - 1
         if i < 0:
@@ -197,6 +202,12 @@ class ExtentMap:
 
     def insert(self, lblk: int, n: int, pblk: int, state: int) -> None:
         """Map a hole [lblk, lblk+n) to pmem blocks from pblk."""
+        if self.map and n <= fmt.MAX_EXTENT_LEN:  # an append that continues the last extent: grow it
+            last = self.map.peekitem(-1)[1]
+            if last.end == lblk and self._joins(last, Extent(lblk, n, pblk, state)):
+                last.len += n
+                self._put(last)
+                return
         if self._overlapping(lblk, lblk + n):
             raise CorruptImage(f"inode {self.owner}: mapping over mapped blocks at {lblk}")
         while n:
