@@ -602,17 +602,23 @@ static int make_window(void *addr, size_t len, int prot, int flags, int place, i
     struct window *w = NULL;
 
     ctl = connect_unix(control);
-    if (ctl < 0) {
-        if (errno == EACCES || errno == EPERM)
-            snprintf(why, why_size, "direct access is for root and the image's owner: this user may not reach "
-                     "the daemon's socket %s", control);
+    if (ctl < 0) {  /* the daemon's sockets are root's and the image owner's only */
+        snprintf(why, why_size, "the daemon's socket %s: %s (direct access is for root and the image's owner)",
+                 control, strerror(errno));
+        result = NOT_REAL;
         goto out;
     }
     snprintf(req, sizeof req, "{\"op\": \"dax_map\", \"ino\": %llu, \"offset\": %lld, \"length\": %zu, "
              "\"write\": %s, \"sync\": %s, \"real\": true}\n", (unsigned long long)st.st_ino, (long long)off, len,
              writable ? "true" : "false", flags & MAP_SYNC ? "true" : "false");
-    if (call(ctl, req, buf, MAX_LINE) < 0)
+    if (call(ctl, req, buf, MAX_LINE) < 0) {
+        if (errno == EACCES || errno == EPERM) {  /* not this user's: the kernel's mapping, as without us */
+            if (jstr(buf, "error", why, why_size) < 0)
+                snprintf(why, why_size, "the daemon refused direct access");
+            result = NOT_REAL;
+        }
         goto out;
+    }
     id = jint(buf, "id", -1);
     if (!jtrue(buf, "real")) {
         if (jstr(buf, "why", why, why_size) < 0)

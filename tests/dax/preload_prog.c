@@ -124,6 +124,16 @@ int main(int argc, char **argv) {
         printf("page 1 ok\n");
         return 0;
     }
+    if (!strcmp(cmd, "revoke")) {  /* the daemon goes while the window lives */
+        int fd = open_or_die(path, O_RDWR);
+        char *p = map_or_die(2 * PAGE, PROT_READ | PROT_WRITE, MAP_SHARED_VALIDATE | MAP_SYNC, fd, 0);
+        p[0] = 1;
+        printf("mapped\n");
+        wait_stdin();
+        p[PAGE] = 1;
+        printf("stored after the daemon went\n");
+        return 0;
+    }
     if (!strcmp(cmd, "segv")) {  /* access after munmap */
         int fd = open_or_die(path, O_RDWR);
         char *p = map_or_die(PAGE, PROT_READ | PROT_WRITE, MAP_SHARED_VALIDATE | MAP_SYNC, fd, 0);

@@ -165,6 +165,22 @@ def test_an_access_after_munmap_gets_sigsegv_and_the_daemon_is_told(shm, prog):
     assert read_file(shm / "f")[:1] == b"x"
 
 
+def test_the_daemons_end_takes_the_window_away_sigbus(shm, prog):
+    p = start(prog, "revoke", sized(shm / "f", 2 * BS))
+    try:
+        assert p.stdout.readline() == "mapped\n", p.stderr.read()
+        shm.crash()
+        import time
+        time.sleep(0.5)  # the watcher thread sees the watch close
+        p.stdin.write("\n")
+        p.stdin.flush()
+        out, err = p.communicate(timeout=60)
+    finally:
+        p.kill()
+    assert p.returncode == -signal.SIGBUS and out == "", err
+    shm.mount()
+
+
 def test_a_partly_unmapped_window_keeps_the_rest_until_the_last_part_goes(shm, prog):
     f = sized(shm / "f", 4 * BS)
     p = start(prog, "partial", f)
