@@ -8,6 +8,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <pthread.h>
 #include <sys/mman.h>
 #include <sys/wait.h>
 #include <time.h>
@@ -55,6 +56,24 @@ static double now_us(void) {
 static int cmp(const void *a, const void *b) {
     double x = *(const double *)a, y = *(const double *)b;
     return x < y ? -1 : x > y;
+}
+
+struct worker { int fd, n; char *shared; };
+
+static void *work(void *arg) {  /* windows of its own, made and unmapped again and again; stores into a shared one */
+    struct worker *w = arg;
+    for (int round = 0; round < 8; round++) {
+        off_t off = (off_t)(w->n * 16) * PAGE;
+        char *p = mmap(NULL, 16 * PAGE, PROT_READ | PROT_WRITE, MAP_SHARED_VALIDATE | MAP_SYNC, w->fd, off);
+        if (p == MAP_FAILED)
+            return (void *)1;
+        for (int i = 0; i < 16; i++)
+            p[i * PAGE + round] = (char)('a' + w->n);
+        if (munmap(p, 16 * PAGE) < 0)
+            return (void *)1;
+        w->shared[(size_t)(64 + w->n * 16 + round) * PAGE] = (char)('A' + w->n);
+    }
+    return NULL;
 }
 
 int main(int argc, char **argv) {
@@ -132,6 +151,24 @@ int main(int argc, char **argv) {
         wait_stdin();
         p[PAGE] = 1;
         printf("stored after the daemon went\n");
+        return 0;
+    }
+    if (!strcmp(cmd, "threads")) {  /* 4 threads at once on a 128-page file */
+        int fd = open_or_die(path, O_RDWR);
+        char *shared = map_or_die(128 * PAGE, PROT_READ | PROT_WRITE, MAP_SHARED_VALIDATE | MAP_SYNC, fd, 0);
+        pthread_t t[4];
+        struct worker w[4];
+        for (int i = 0; i < 4; i++) {
+            w[i] = (struct worker){fd, i, shared};
+            pthread_create(&t[i], NULL, work, &w[i]);
+        }
+        int failed = 0;
+        for (int i = 0; i < 4; i++) {
+            void *r;
+            pthread_join(t[i], &r);
+            failed += r != NULL;
+        }
+        printf("failed %d munmap %d\n", failed, munmap(shared, 128 * PAGE));
         return 0;
     }
     if (!strcmp(cmd, "segv")) {  /* access after munmap */
