@@ -41,7 +41,12 @@
  * SCM_RIGHTS on the `fds` socket. The connection on which a window's userfaultfd went to the daemon
  * stays open: it is the window's *watch*. When the daemon goes away it closes, and one watcher thread
  * (per process, started with the first window) puts SIGBUS memory over the window (a mapping of an
- * empty memfd), as Linux does to mappings of a file system that went away. A mutex guards the table;
+ * empty memfd), as Linux does to mappings of a file system that went away. The library keeps its own
+ * copy of the userfaultfd until then: were the daemon's the last, its death would unregister the
+ * window at once, and until the watcher acts, a store to a page not yet faulted would land, with no
+ * fault and no error, in a block the file does not own (measured: all 255 such stores of a program
+ * did). With the copy, such a fault waits; closing the copy after the SIGBUS memory is in place wakes
+ * it, and it retries there: SIGBUS. A mutex guards the table;
  * a forked child forgets the windows (it has none: MADV_DONTFORK). Errors never crash the program:
  * every one is -1 or MAP_FAILED with errno.
  */
@@ -111,6 +116,7 @@ struct window {
     int npieces, cap;
     int file_fd;               /* the program's descriptor, dup'ed (F_DUPFD_CLOEXEC) */
     int watch;                 /* the connection the userfaultfd went over; -1 once closed */
+    int uffd;                  /* our own copy of the userfaultfd (see below); -1 once closed */
     int prot, flags, writable; /* writable: the descriptor is O_RDWR */
     long long id;              /* the daemon's mapping id */
     char control[sizeof(((struct sockaddr_un *)0)->sun_path)];
@@ -428,6 +434,9 @@ static void *watcher(void *arg) {
             sigbus_over(w);  /* the daemon is gone, and its userfaultfd with it */
             close(w->watch);
             w->watch = -1;
+            if (w->uffd >= 0)
+                close(w->uffd);  /* wakes the faults waiting on it: they retry on the SIGBUS memory */
+            w->uffd = -1;
         }
         pthread_mutex_unlock(&lock);
     }
@@ -476,6 +485,8 @@ static void atfork_child(void) {
         next = w->next;
         if (w->watch >= 0)
             close(w->watch);
+        if (w->uffd >= 0)
+            close(w->uffd);
         close(w->file_fd);
         free(w->pieces);
         free(w);
@@ -553,6 +564,8 @@ static void finish_dead(struct window *dead) {
             shutdown(w->watch, SHUT_RDWR);
             close(w->watch);
         }
+        if (w->uffd >= 0)
+            close(w->uffd);
         close(w->file_fd);
         free(w->pieces);
         free(w);
@@ -720,7 +733,7 @@ static int make_window(void *addr, size_t len, int prot, int flags, int place, i
     }
     w = calloc(1, sizeof *w);
     if (w)
-        w->file_fd = w->watch = -1;
+        w->file_fd = w->watch = w->uffd = -1;
     if (!w || add_piece(w, base, base + len) < 0) {
         errno = ENOMEM;
         goto out;
@@ -738,7 +751,7 @@ static int make_window(void *addr, size_t len, int prot, int flags, int place, i
         errno = refusal(buf);
         goto out;
     }
-    close(ufd);  /* the daemon holds it now: when the daemon goes, the registration goes with it */
+    w->uffd = ufd;  /* kept: see the top of this file */
     ufd = -1;
     struct timeval none = {0};
     setsockopt(watch, SOL_SOCKET, SO_RCVTIMEO, &none, sizeof none);
@@ -772,6 +785,8 @@ out:;
     if (w) {
         if (w->file_fd >= 0)
             close(w->file_fd);
+        if (w->uffd >= 0)
+            close(w->uffd);
         free(w->pieces);
         free(w);
     }

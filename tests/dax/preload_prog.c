@@ -9,6 +9,8 @@
 #include <stdlib.h>
 #include <string.h>
 #include <pthread.h>
+#include <setjmp.h>
+#include <signal.h>
 #include <sys/mman.h>
 #include <sys/wait.h>
 #include <time.h>
@@ -57,6 +59,9 @@ static int cmp(const void *a, const void *b) {
     double x = *(const double *)a, y = *(const double *)b;
     return x < y ? -1 : x > y;
 }
+
+static sigjmp_buf on_sigbus;
+static void sigbus(int sig) { (void)sig; siglongjmp(on_sigbus, 1); }
 
 struct worker { int fd, n; char *shared; };
 
@@ -169,6 +174,20 @@ int main(int argc, char **argv) {
             failed += r != NULL;
         }
         printf("failed %d munmap %d\n", failed, munmap(shared, 128 * PAGE));
+        return 0;
+    }
+    if (!strcmp(cmd, "after-death")) {  /* stores into pages not yet faulted, once the daemon is dead */
+        int fd = open_or_die(path, O_RDWR);
+        char *p = map_or_die(256 * PAGE, PROT_READ | PROT_WRITE, MAP_SHARED_VALIDATE | MAP_SYNC, fd, 0);
+        p[0] = 1;
+        printf("mapped\n");
+        wait_stdin();
+        signal(SIGBUS, sigbus);
+        volatile int n = 1;
+        if (!sigsetjmp(on_sigbus, 1))
+            for (; n < 256; n++)
+                p[(size_t)n * PAGE] = 2;
+        printf("stored %d\n", n - 1);
         return 0;
     }
     if (!strcmp(cmd, "segv")) {  /* access after munmap */

@@ -177,6 +177,26 @@ def test_the_daemons_end_takes_the_window_away_sigbus(shm, prog):
     shm.mount()
 
 
+def test_once_the_daemon_is_killed_no_store_lands_without_a_fault(shm, prog):
+    """The daemon SIGKILLed, the program goes on at once: a store into a page it never faulted must
+    not land, unregistered, in a block the file does not own. It waits until the watcher has put
+    SIGBUS memory over the window, then gets SIGBUS (without the library's own copy of the
+    userfaultfd, all 255 stores did land)."""
+    p = start(prog, "after-death", sized(shm / "f", 256 * BS))
+    try:
+        assert p.stdout.readline() == "mapped\n", p.stderr.read()
+        pid = shm.stats()["pid"]
+        os.kill(pid, signal.SIGKILL)
+        p.stdin.write("\n")
+        p.stdin.flush()
+        out, err = p.communicate(timeout=60)
+    finally:
+        p.kill()
+    assert out == "stored 0\n", out + err
+    shm.crash(pid)
+    shm.mount()
+
+
 def test_a_partly_unmapped_window_keeps_the_rest_until_the_last_part_goes(shm, prog):
     f = sized(shm / "f", 4 * BS)
     p = start(prog, "partial", f)
