@@ -151,11 +151,12 @@ def _answers(fn):
 
 class FaultService:
     def __init__(self, fs: FileSystem, rule: SyncRule, stats: DaemonStats, state_dir: str, image: str,
-                 allow_other: bool, socket_owner: int | None = None) -> None:
+                 allow_other: bool, socket_owner: int | None = None, fault_around: int = 16) -> None:
         self.fs = fs
         self.rule = rule
         self.stats = stats
         self.allow_other = allow_other
+        self.fault_around = fault_around
         self.mounter = os.getuid()
         self.image_owner = os.stat(image).st_uid
         self.image_ro = os.open(image, os.O_RDONLY | os.O_CLOEXEC)
@@ -425,7 +426,7 @@ class FaultService:
         unregisters the window: the client's own watch (daxfs.dax) then takes its pages away."""
         try:
             os.set_blocking(fd, False)
-            window = Window(self.fs, self.rule, self.stats, c.dm, c.sync, fd, base)
+            window = Window(self.fs, self.rule, self.stats, c.dm, c.sync, fd, base, self.fault_around)
             with trio.CancelScope() as scope:
                 c.window = scope
                 with trio.move_on_after(SEND_TIMEOUT):

@@ -259,7 +259,7 @@ def serve(image: str, mountpoint: str, opts: MountOptions, tell) -> None:
         return {}
 
     control.register("remount", remount_op, privileged=True)
-    faults = FaultService(fs, rule, stats, state_dir, image, opts.allow_other, owner)
+    faults = FaultService(fs, rule, stats, state_dir, image, opts.allow_other, owner, opts.fault_around)
     faults.register(control)
 
     async def main() -> None:

@@ -18,6 +18,7 @@ FUSE_OWN = {"user_id", "group_id", "rootmode", "max_read", "blksize", "fsname", 
 KERNEL_FLAGS = {"dev": ("dev", True), "nodev": ("dev", False), "suid": ("suid", True), "nosuid": ("suid", False),
                 "exec": ("exec", True), "noexec": ("exec", False)}
 ATIME_MODES = ("relatime", "strictatime", "noatime")
+MAX_FAULT_AROUND = 512  # 2 MiB: a huge page's worth
 
 
 @dataclass
@@ -40,6 +41,7 @@ class MountOptions:
     atime: str = "relatime"  # relatime, strictatime or noatime (engine.core.AtimePolicy)
     diratime: bool = True
     lazytime: bool = False
+    fault_around: int = 16  # pages a real fault maps at once (daemon/userfaults.py); 1: one per fault
 
     def kernel_options(self) -> set[str]:
         """What FUSE's mount is told: its flags, spelled as mount(8) spells them."""
@@ -63,6 +65,7 @@ class MountOptions:
             opts.append("nodiratime")
         if self.lazytime:
             opts.append("lazytime")
+        opts.append(f"fault_around={self.fault_around}")
         return ",".join(opts)
 
 
@@ -87,6 +90,10 @@ def parse_options(texts: list[str]) -> MountOptions:
                     raise DaxfsError(f"commit={value}: not a number of seconds") from None
                 if not 0 < o.commit <= 3600:
                     raise DaxfsError(f"commit={value}: must be between 0 and 3600 seconds")
+            elif key == "fault_around":
+                if not value.isdigit() or not 1 <= int(value) <= MAX_FAULT_AROUND:
+                    raise DaxfsError(f"fault_around={value}: a number of pages from 1 to {MAX_FAULT_AROUND}")
+                o.fault_around = int(value)
             elif key == "log" and value:
                 o.log = os.path.abspath(value)
             elif key == "crash_at":

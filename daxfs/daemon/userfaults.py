@@ -46,9 +46,10 @@ class Window:
     """One client's registered window: a mapping with a layout, its userfaultfd, and its address."""
 
     def __init__(self, fs: FileSystem, rule: SyncRule, stats: DaemonStats, dm: DaxMapping, sync: bool,
-                 fd: int, base: int) -> None:
+                 fd: int, base: int, around: int) -> None:
         self.fs, self.rule, self.stats = fs, rule, stats
         self.dm, self.sync, self.fd, self.base = dm, sync, fd, base
+        self.around = around  # pages one fault may map, from the faulting one on (-o fault_around)
 
     async def serve(self) -> None:
         """Answer faults until cancelled, or until the client's address space is gone."""
@@ -71,22 +72,24 @@ class Window:
         try:
             if not 0 <= rel < self.dm.count:
                 raise FsError(errno.EFAULT, "a fault outside the window the client said it registered")
-            tid = self.fs.dax_layout_fault(self.dm, page, f.write)
+            # a store to a page mapped read-only lifts that page's protection only
+            n, tid = self.fs.dax_layout_fault(self.dm, page, f.write, 1 if f.wp else self.around)
         except FsError:  # beyond EOF, ENOSPC, a store to a read-only window: SIGBUS, as on Linux
             self.stats.sigbus_faults += 1
             uffd.poison(self.fd, f.address, 1)
             return
         # VM_FAULT_NEEDDSYNC: a sync window's block mapping is committed before the page is writable
         waited = f.write and self.sync and await self.rule.commit_before_ack(tid)
-        if not (f.minor or f.wp):
-            self.fs.region.populate(int(self.dm.layout[rel]) * BS, BS)  # tmpfs had no page there yet
+        if not f.wp:  # tmpfs may have no page there yet (a hole of the image)
+            for pblk in self.dm.layout[rel:rel + n].tolist():
+                self.fs.region.populate(pblk * BS, BS)
         if f.write:
             _invalidate_attr(self.dm.ino)  # st_blocks and mtime changed behind the kernel's back
             crashpoint.hit("fault.before_reply")
         if f.wp:
             uffd.make_writable(self.fd, f.address, 1)
         else:  # write-protected unless it is a store (a read-only window registers no WP)
-            uffd.map_page(self.fd, f.address, 1, writable=f.write or not self.dm.writable)
+            uffd.map_page(self.fd, f.address, n, writable=f.write or not self.dm.writable)
         self.stats.fault_done(f.write, waited, time.perf_counter() - t0)
 
 

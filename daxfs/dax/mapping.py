@@ -351,6 +351,13 @@ class Mapping:
     def closed(self) -> bool:
         return self._closed
 
+    @property
+    def address(self) -> int:
+        """Where the window starts in this process's address space: for C code (ctypes, cffi) to
+        load and store into. With real faults any access there faults as on a DAX kernel; with
+        explicit ones only pages the mapping's methods faulted in are there."""
+        return self._base
+
     def __enter__(self) -> "Mapping":
         return self
 

@@ -13,11 +13,13 @@ from __future__ import annotations
 
 import errno
 
+import numpy as np
+
 from daxfs.engine.core import BS
 from daxfs.engine.errors import FsError
 from daxfs.engine.extent import WRITTEN
 from daxfs.engine.inode import Inode
-from daxfs.engine.mappings import DaxMapping
+from daxfs.engine.mappings import MAPPED_NONE, MAPPED_READ, MAPPED_WRITE, DaxMapping
 from daxfs.engine.namespace import Namespace
 from daxfs.engine.unstable import tid_to_commit
 
@@ -44,18 +46,30 @@ class Faults(Namespace):
         tid = self._make_writable(m, inode, page, count) if write else 0
         return self._hand_out(m, ext.iomap(page, count), write), tid
 
-    def dax_layout_fault(self, m: DaxMapping, page: int, write: bool) -> int:
-        """Fault one page of a mapping with a layout; returns the tid to commit before a MAP_SYNC
-        mapping's store may proceed (0: none). A read of a hole or an unwritten block zeroes the
-        block under the window (it is this page's alone: reserved for it, or unwritten) so that the
-        page reads as zeros; a write makes it written as write() would."""
+    def dax_layout_fault(self, m: DaxMapping, page: int, write: bool, around: int = 1) -> tuple[int, int]:
+        """Fault a page of a mapping with a layout, and with it up to around-1 pages after it that
+        the client has not mapped (fault-around: one answer for a run of first touches, as Linux
+        maps several pages at a read fault; here at write faults too, since each costs a round trip
+        to this process). Returns (pages, tid): how many pages to map from `page`, and the tid to
+        commit before a MAP_SYNC mapping's store may proceed (0: none). A read of a hole or an
+        unwritten block zeroes the block under the window (it is this page's alone: reserved for it,
+        or unwritten) so that the page reads as zeros; a write makes it written as write() would."""
         inode = self._faultable(m, page, 1, write)
+        rel = page - m.first
+        n = 1
+        limit = min(around, m.count - rel, -(-inode.size // BS) - page)
+        while n < limit and m.mapped[rel + n] == MAPPED_NONE:
+            n += 1
         if write:
-            m.written.add(page)
-            return self._make_writable(m, inode, page, 1)
-        if self._extents(inode).iomap(page, 1)[0].state != WRITTEN:
-            self.region.zero(int(m.layout[page - m.first]) * BS, BS)
-        return 0
+            m.written.update(range(page, page + n))
+            m.mapped[rel:rel + n] = MAPPED_WRITE
+            return n, self._make_writable(m, inode, page, n)
+        for r in self._extents(inode).iomap(page, n):
+            if r.state != WRITTEN:
+                for i in range(r.lblk - m.first, r.lblk - m.first + r.len):
+                    self.region.zero(int(m.layout[i]) * BS, BS)
+        m.mapped[rel:rel + n] = np.maximum(m.mapped[rel:rel + n], MAPPED_READ)
+        return n, 0
 
     def _faultable(self, m: DaxMapping, page: int, count: int, write: bool) -> Inode:
         if m.revoked:

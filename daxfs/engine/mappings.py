@@ -38,6 +38,9 @@ from daxfs.engine.pmem import PmemRegion
 from daxfs.engine.runs import true_runs
 
 
+MAPPED_NONE, MAPPED_READ, MAPPED_WRITE = 0, 1, 2  # a page of a layout in the client's page tables
+
+
 @dataclass(eq=False)
 class DaxMapping:
     """One client's direct mapping of file pages [first, first+count), as the engine tracks it."""
@@ -52,6 +55,7 @@ class DaxMapping:
     stale: set[int] = field(default_factory=set)  # zero pages that got a block since: fault them again
     revoked: bool = False  # truncate, hole punch or the last unlink took the range away
     layout: np.ndarray | None = None  # real faults: the pmem block under each page of the window
+    mapped: np.ndarray | None = None  # real faults: what the client's page tables hold (MAPPED_*)
 
     def overlaps(self, lo: int, hi: int) -> bool:
         return self.first < hi and lo < self.first + self.count
@@ -84,6 +88,7 @@ class Mappings(FsCore):
         m = DaxMapping(self._next_map, ino, first, count, writable)
         if layout:
             m.layout = self._lay_out(inode, first, count)
+            m.mapped = np.zeros(count, dtype=np.uint8)
             m.blocks = dict(zip(range(first, first + count), m.layout.tolist()))
             for pblk in m.blocks.values():
                 self._pins[pblk] = self._pins.get(pblk, 0) + 1
@@ -135,13 +140,13 @@ class Mappings(FsCore):
     def _new_blocks(self, inode: Inode, lblk: int, n: int, goal: int, max_runs: int = 0) -> list[tuple[int, int]]:
         """pmem for file blocks [lblk, lblk+n) of a hole: the blocks layouts have under them
         (claimed), new ones for the rest; at most max_runs runs (0: any), as alloc_blocks."""
-        laid = np.full(n, -1, dtype=np.int64)
-        for m in self.dax.get(inode.ino, ()):
-            if m.layout is not None and m.overlaps(lblk, lblk + n):
-                lo, hi = max(lblk, m.first), min(lblk + n, m.first + m.count)
-                laid[lo - lblk:hi - lblk] = m.layout[lo - m.first:hi - m.first]
-        if not (laid >= 0).any():
+        laid_out = [m for m in self.dax.get(inode.ino, ()) if m.layout is not None and m.overlaps(lblk, lblk + n)]
+        if not laid_out:  # the common case: the write path's cost stays what it was
             return self.alloc.alloc_blocks(n, goal, max_runs)
+        laid = np.full(n, -1, dtype=np.int64)
+        for m in laid_out:
+            lo, hi = max(lblk, m.first), min(lblk + n, m.first + m.count)
+            laid[lo - lblk:hi - lblk] = m.layout[lo - m.first:hi - m.first]
         runs: list[tuple[int, int]] = []
         at = 0
         while at < n and (not max_runs or len(runs) < max_runs):
@@ -209,6 +214,8 @@ class Mappings(FsCore):
             elif not unlink:
                 a, b = max(-(-off // BS), m.first), min(end // BS, m.first + m.count)
                 m.written.difference_update(range(a, b))
+                if a < b:
+                    m.mapped[a - m.first:b - m.first] = MAPPED_NONE
                 self._zaps += [(int(m.layout[i]), 1) for i in range(a - m.first, b - m.first)]
 
     def _dax_zap(self) -> None:

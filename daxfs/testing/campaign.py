@@ -35,7 +35,7 @@ from dataclasses import asdict, dataclass, field
 from daxfs.engine import crashpoint, fsck
 from daxfs.engine.mkfs import mkfs
 from daxfs.testing import oracle, workload
-from daxfs.testing.mount import Mount, pid_alive
+from daxfs.testing.mount import Mount, pid_alive, wait_dead
 from daxfs.testing.oracle import Verdict, Violation
 
 IMAGE_SIZE = 64 << 20
@@ -179,16 +179,27 @@ def _crash_workload(m: Mount, case: Case, ops: list[dict], log: str, wd: str) ->
     return note, passes, duration
 
 
-def _crash(m: Mount, case: Case, pid: int, proc: subprocess.Popen, point: str) -> tuple[str, dict]:
-    """Wait for the crash the case asks for; the daemon is dead or about to be killed afterwards."""
+def _crash(m: Mount, case: Case, pid: int, proc: subprocess.Popen, point: str,
+           freeze: bool = False) -> tuple[str, dict]:
+    """Wait for the crash the case asks for; the daemon is dead or about to be killed afterwards.
+    With freeze, the workload (a process group of its own) is stopped before a random kill of the
+    daemon and killed after it: a program with direct mappings could otherwise store into pmem after
+    the crash instant, which a power cut would not let it do."""
     kind, _, arg = case.crash.partition(":")
     killed = False
     if kind == "after":
         try:
             proc.wait(float(arg))
         except subprocess.TimeoutExpired:
+            if freeze:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(proc.pid, signal.SIGSTOP)
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
+            if freeze:
+                wait_dead(pid)
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(proc.pid, signal.SIGKILL)
             killed = True
     try:
         proc.wait(WORKER_TIMEOUT)
@@ -211,7 +222,7 @@ def _crash_command(m: Mount, case: Case, cmd: str, log: str) -> tuple[str, float
     t0 = time.monotonic()
     proc = subprocess.Popen(cmd, shell=True, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL, start_new_session=True)
-    note, _ = _crash(m, case, pid, proc, point)
+    note, _ = _crash(m, case, pid, proc, point, freeze=True)
     duration = time.monotonic() - t0
     m.crash(pid)
     return note, duration

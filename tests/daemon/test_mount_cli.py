@@ -125,7 +125,8 @@ def test_mount_errors_are_one_line(daxmount, tmp_path):
     p = daxfs("mount", junk, m.mnt)
     assert_one_line_error(p)
     assert p.stdout == "" and not is_mounted(m.mnt)
-    for bad in ("bogus", "commit=abc", "commit=0", "commit=-1", "crash_at=nowhere:1", "map_sync=1"):
+    for bad in ("bogus", "commit=abc", "commit=0", "commit=-1", "crash_at=nowhere:1", "map_sync=1", "fault_around=0",
+                "fault_around=513", "fault_around=x"):
         p = daxfs("mount", m.image, m.mnt, "-o", bad)
         assert_one_line_error(p)
         assert not is_mounted(m.mnt)

@@ -21,12 +21,14 @@ import numpy as np
 import pytest
 
 from daxfs import dax
+from daxfs.daemon.options import MountOptions
 from daxfs.dax.protocol import decode, encode
 from helpers import BS, FALLOC_FL_KEEP_SIZE, FALLOC_FL_PUNCH_HOLE, fallocate, read_file, wait_until
 
 pytestmark = pytest.mark.mount
 
 SYNC = dax.MAP_SHARED_VALIDATE | dax.MAP_SYNC
+AROUND = MountOptions().fault_around
 
 
 @pytest.fixture
@@ -51,45 +53,56 @@ def child(code: str, *args: str, timeout: float = 60, stdin: str | None = None) 
 
 
 def test_stores_from_any_code_fault_through_the_daemon_and_land_in_the_file(shm):
-    f = sized(shm / "f", 8 * BS)
+    span = AROUND * BS  # one fault maps AROUND pages: each store below is in a span of its own
+    f = sized(shm / "f", 3 * span)
     before = shm.stats()
-    with dax.mmap(f, 8 * BS, SYNC) as m:
+    with dax.mmap(f, 3 * span, SYNC) as m:
         assert m.real
-        ctypes.memset(m._base, ord("c"), 100)  # a store from C
-        a = np.frombuffer((ctypes.c_char * BS).from_address(m._base + BS), dtype=np.uint8)
+        ctypes.memset(m.address, ord("c"), 100)  # a store from C
+        a = np.frombuffer((ctypes.c_char * BS).from_address(m.address + span), dtype=np.uint8)
         a[:] = ord("n")  # a numpy kernel
         src = sized(shm / "src", 0)
         with open(src, "wb") as s:
             s.write(b"k" * BS)
         fd = os.open(src, os.O_RDONLY)
         try:  # a system call storing into the window: the kernel's copy faults too
-            assert os.readv(fd, [memoryview((ctypes.c_char * BS).from_address(m._base + 2 * BS)).cast("B")]) == BS
+            assert os.readv(fd, [memoryview((ctypes.c_char * BS).from_address(m.address + 2 * span)).cast("B")]) == BS
         finally:
             os.close(fd)
         del a
         m.persist()
     after = shm.stats()
     data = read_file(f)
-    assert data[:100] == b"c" * 100 and data[BS:2 * BS] == b"n" * BS and data[2 * BS:3 * BS] == b"k" * BS
+    assert data[:100] == b"c" * 100 and data[span:span + BS] == b"n" * BS and data[2 * span:2 * span + BS] == b"k" * BS
     assert after["write_faults"] - before["write_faults"] == 3
     assert after["sync_write_faults"] - before["sync_write_faults"] == 3  # new blocks: each committed first
     assert after["real_fault_maps"] == before["real_fault_maps"] + 1
-    assert os.stat(f).st_blocks * 512 == 3 * BS
+    assert os.stat(f).st_blocks * 512 == 3 * span  # each fault allocated the pages it mapped
 
 
 def test_loads_of_holes_read_zeros_and_allocate_nothing_then_a_store_faults_again(shm):
     f = sized(shm / "f", 4 * BS)
     before = shm.stats()
     with dax.mmap(f, 4 * BS) as m:
-        v = np.frombuffer((ctypes.c_char * (4 * BS)).from_address(m._base), dtype=np.uint8)
+        v = np.frombuffer((ctypes.c_char * (4 * BS)).from_address(m.address), dtype=np.uint8)
         assert int(v.sum()) == 0
         mid = shm.stats()
-        assert mid["read_faults"] - before["read_faults"] == 4 and os.stat(f).st_blocks == 0
+        assert mid["read_faults"] - before["read_faults"] == 1 and os.stat(f).st_blocks == 0  # fault-around
         v[5] = 9  # the page is mapped write-protected: its first store is a write fault
+        v[BS + 5] = 9  # and so is the next page's: a write-protect fault lifts one page's protection
         del v
     after = shm.stats()
-    assert after["write_faults"] - mid["write_faults"] == 1
-    assert read_file(f)[5] == 9 and os.stat(f).st_blocks * 512 == BS
+    assert after["write_faults"] - mid["write_faults"] == 2
+    assert read_file(f)[5] == 9 and os.stat(f).st_blocks * 512 == 2 * BS
+
+
+def test_fault_around_is_a_mount_option(daxmount):
+    m = daxmount("fault_around=1", tmpfs=True)
+    f = sized(m / "f", 4 * BS)
+    before = m.stats()
+    with dax.mmap(f, 4 * BS) as mp:
+        assert int(np.frombuffer((ctypes.c_char * (4 * BS)).from_address(mp.address), dtype=np.uint8).sum()) == 0
+    assert m.stats()["read_faults"] - before["read_faults"] == 4  # one per page
 
 
 def test_writes_through_the_mount_are_seen_at_once_in_the_window_and_the_other_way(shm):
@@ -110,9 +123,9 @@ def test_an_access_beyond_eof_gets_sigbus(shm):
     f = sized(shm / "f", BS)
     p = child("""
         m = dax.mmap(sys.argv[1], 2 * 4096)
-        ctypes.memset(m._base, 1, 1)
+        ctypes.memset(m.address, 1, 1)
         print("page 0 ok", flush=True)
-        ctypes.memset(m._base + 4096, 1, 1)
+        ctypes.memset(m.address + 4096, 1, 1)
         print("page 1 ok")
     """, f)
     assert p.returncode == -signal.SIGBUS and p.stdout == "page 0 ok\n", p.stderr
@@ -126,13 +139,13 @@ def test_truncate_takes_the_pages_away_and_a_punched_page_reads_zeros_then_takes
         from daxfs import dax
         m = dax.mmap(sys.argv[1], 4 * 4096)
         for i in range(4):
-            ctypes.memset(m._base + i * 4096, 65 + i, 4096)
+            ctypes.memset(m.address + i * 4096, 65 + i, 4096)
         print("stored", flush=True)
         sys.stdin.readline()  # the parent punches page 1 and truncates to 3 pages
-        print(ctypes.string_at(m._base + 4096, 4).hex(), flush=True)
-        ctypes.memset(m._base + 4096, 90, 1)
-        print(ctypes.string_at(m._base + 2 * 4096, 1).decode(), flush=True)
-        ctypes.memset(m._base + 3 * 4096, 1, 1)
+        print(ctypes.string_at(m.address + 4096, 4).hex(), flush=True)
+        ctypes.memset(m.address + 4096, 90, 1)
+        print(ctypes.string_at(m.address + 2 * 4096, 1).decode(), flush=True)
+        ctypes.memset(m.address + 3 * 4096, 1, 1)
         print("page 3 still there")
     """), f], stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
@@ -174,10 +187,10 @@ def test_the_daemons_end_takes_the_window_away(shm):
         import ctypes, sys
         from daxfs import dax
         m = dax.mmap(sys.argv[1], 2 * 4096)
-        ctypes.memset(m._base, 7, 1)
+        ctypes.memset(m.address, 7, 1)
         print("mapped", flush=True)
         sys.stdin.readline()
-        ctypes.memset(m._base + 4096, 7, 1)
+        ctypes.memset(m.address + 4096, 7, 1)
         print("stored after the daemon went")
     """), f], stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
@@ -198,14 +211,14 @@ def test_a_forked_child_has_no_window_and_the_parents_goes_on(shm):
     f = sized(shm / "f", BS)
     p = child("""
         m = dax.mmap(sys.argv[1], 4096)
-        ctypes.memset(m._base, 3, 1)
+        ctypes.memset(m.address, 3, 1)
         pid = os.fork()
         if pid == 0:
-            ctypes.memset(m._base, 4, 1)  # MADV_DONTFORK: nothing mapped here
+            ctypes.memset(m.address, 4, 1)  # MADV_DONTFORK: nothing mapped here
             os._exit(0)
         _, status = os.waitpid(pid, 0)
         print(os.WTERMSIG(status) if os.WIFSIGNALED(status) else "exited")
-        ctypes.memset(m._base, 5, 1)
+        ctypes.memset(m.address, 5, 1)
         m.close()
         print(open(sys.argv[1], "rb").read(1)[0])
     """, f)
@@ -216,8 +229,8 @@ def test_a_read_only_window_refuses_stores_with_sigsegv(shm):
     f = sized(shm / "f", BS)
     p = child("""
         m = dax.mmap(sys.argv[1], 4096, prot=dax.PROT_READ)
-        print(ctypes.string_at(m._base, 1) == b"\\0", flush=True)
-        ctypes.memset(m._base, 1, 1)
+        print(ctypes.string_at(m.address, 1) == b"\\0", flush=True)
+        ctypes.memset(m.address, 1, 1)
     """, f)
     assert p.stdout == "True\n" and p.returncode == -signal.SIGSEGV, p.stderr
 
@@ -230,7 +243,7 @@ def test_a_client_killed_with_faults_pending_costs_the_daemon_nothing(shm):
         m = dax.mmap(sys.argv[1], 2048 * 4096, dax.MAP_SHARED_VALIDATE | dax.MAP_SYNC)
         print("mapped", flush=True)
         for i in range(2048):
-            ctypes.memset(m._base + i * 4096, 1, 1)
+            ctypes.memset(m.address + i * 4096, 1, 1)
     """), f], stdout=subprocess.PIPE, text=True)
     assert p.stdout.readline() == "mapped\n"
     assert wait_until(lambda: shm.stats()["write_faults"] > 20, timeout=30)

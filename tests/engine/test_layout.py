@@ -71,15 +71,29 @@ def test_a_write_fault_makes_the_page_written_and_a_read_fault_zeroes_an_unwritt
     m = fs.dax_map(ino, 0, 4, writable=True, layout=True)
     pblk = int(m.layout[0])
     fs.region.store(pblk * BS, b"stale bytes of a freed file")
-    assert fs.dax_layout_fault(m, 0, write=False) == 0
+    assert fs.dax_layout_fault(m, 0, write=False) == (1, 0)
     assert fs.region.load(pblk * BS, BS) == bytes(BS)
-    tid = fs.dax_layout_fault(m, 3, write=True)
-    assert tid == fs.journal.running_tid and 3 in m.written
+    n, tid = fs.dax_layout_fault(m, 3, write=True)
+    assert n == 1 and tid == fs.journal.running_tid and 3 in m.written
     fs.region.store(int(m.layout[3]) * BS, b"direct")
     assert fs.read(ino, 3 * BS, 6) == b"direct"
     assert err(fs.dax_layout_fault, m, 4, True) == errno.EINVAL  # outside the window
     fs.truncate(ino, 3 * BS)
     assert err(fs.dax_layout_fault, m, 3, False) == errno.EFAULT  # beyond EOF: SIGBUS
+
+
+def test_fault_around_maps_the_untouched_pages_after_the_fault_up_to_eof_and_the_window(fs):
+    ino = sized(fs, b"a", 10 * BS)
+    m = fs.dax_map(ino, 0, 16, writable=True, layout=True)
+    assert fs.dax_layout_fault(m, 2, write=False, around=4) == (4, 0)  # pages 2-5, read-only
+    n, tid = fs.dax_layout_fault(m, 0, write=True, around=16)
+    assert n == 2 and tid and fs.inode(ino).blocks == 2  # stops at page 2, mapped already
+    n, _ = fs.dax_layout_fault(m, 6, write=True, around=16)
+    assert n == 4 and fs.inode(ino).blocks == 6  # stops at EOF (10 pages)
+    n, _ = fs.dax_layout_fault(m, 3, write=True, around=16)  # a store to a read-only page
+    assert n == 1 and m.mapped.tolist()[:10] == [2, 2, 1, 2, 1, 1, 2, 2, 2, 2]
+    fs.punch(ino, 0, 4 * BS)
+    assert m.mapped.tolist()[:4] == [0, 0, 0, 0]  # discarded: the client faults them again
 
 
 def test_punch_under_a_layout_commits_discards_the_pages_and_keeps_the_blocks_for_the_same_page(image, fs):

@@ -11,6 +11,7 @@ import os
 import signal
 import subprocess
 import sys
+import textwrap
 
 import pytest
 
@@ -184,3 +185,41 @@ def test_an_interrupted_campaign_says_so_and_never_exits_as_a_pass(tmp_path):
     out = "".join(seen) + p.stdout.read()
     assert p.wait(timeout=120) == 130, out
     assert "INTERRUPTED" in out and "this is no pass" in out, out
+
+
+def test_a_program_storing_through_real_faults_keeps_every_acknowledged_page(tmp_path):
+    """--cmd with direct mappings: the program maps a file MAP_SYNC (the campaign's images are on
+    tmpfs, so the faults are real) and logs a page once its store has returned; the campaign freezes
+    the program before each random kill of the daemon, so no store lands after the crash instant."""
+    prog = tmp_path / "stores.py"
+    prog.write_text(textwrap.dedent("""
+        import ctypes, os, sys
+        from daxfs import dax
+        mnt, oracle = os.environ["DAXFS_MNT"], os.environ["DAXFS_ORACLE"]
+        path = os.path.join(mnt, "f")
+        with open(path, "wb") as f:
+            f.truncate(256 * 4096)
+        fd = os.open(path, os.O_RDONLY)
+        os.fsync(fd)
+        log = os.open(oracle, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        m = dax.mmap(path, 256 * 4096, dax.MAP_SHARED_VALIDATE | dax.MAP_SYNC, faults="real")
+        for p in range(256):
+            ctypes.memset(m.address + p * 4096, p % 250 + 1, 4096)
+            os.write(log, b"%d\\n" % p)  # acknowledged: the store returned
+    """))
+    check = tmp_path / "check.py"
+    check.write_text(textwrap.dedent("""
+        import os, sys
+        path, oracle = os.path.join(os.environ["DAXFS_MNT"], "f"), os.environ["DAXFS_ORACLE"]
+        acked = open(oracle).read().split() if os.path.exists(oracle) else []
+        data = open(path, "rb").read() if os.path.exists(path) else b""  # killed before it was made
+        for line in acked:
+            p = int(line)
+            if data[p * 4096:(p + 1) * 4096] != bytes([p % 250 + 1]) * 4096:
+                sys.exit(f"page {p} was acknowledged and is lost")
+    """))
+    py = sys.executable
+    p, r = campaign(tmp_path, "--mode", "sync", "--seed", "5", "--points", "4", "--no-inject",
+                    "--cmd", f"{py} {prog}", "--check", f"{py} {check}")
+    assert p.returncode == 0, p.stdout
+    assert r["points"] == 5 and r["failed_points"] == 0
