@@ -60,7 +60,7 @@ def sized(path, size: int) -> str:
 
 @pytest.fixture
 def shm(daxmount):
-    return daxmount(tmpfs=True)
+    return daxmount("fault_around=1", tmpfs=True)  # one page per fault, as the seed's kernel: countable
 
 
 def test_map_sync_succeeds_under_daxfs_run_and_is_refused_without_it(shm, prog):
