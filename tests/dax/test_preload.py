@@ -371,3 +371,34 @@ def test_libpmemobj_transactions_survive_sigkill_of_the_daemon_every_committed_o
     assert bad == 0 and committed <= count <= committed + 1, (committed, p.stdout)
     check = subprocess.run(["pmempool", "check", "-v", pool], capture_output=True, text=True, timeout=120)
     assert check.returncode == 0 and "consistent" in check.stdout, check.stdout + check.stderr
+
+
+CHECK_POOL = """#!/bin/bash
+# after the remount: the pool opens, every transaction the program reported is there, pmempool is clean
+pool=$DAXFS_MNT/pool
+last=$(grep -o 'committed [0-9]*' "$DAXFS_ORACLE" 2>/dev/null | tail -1 | cut -d' ' -f2); last=${last:-0}
+[ -e "$pool" ] || { [ "$last" = 0 ] && exit 0; echo "pool lost, $last committed"; exit 1; }
+out=$(RUN PROG verify "$pool") || { [ "$last" = 0 ] && exit 0; echo "verify: $out"; exit 1; }
+set -- $out
+[ "$4" = 0 ] && [ "$2" -ge "$last" ] || { echo "count $2 bad $4, committed $last"; exit 1; }
+pmempool check "$pool" >/dev/null || { echo "pmempool check failed"; exit 1; }
+"""
+
+
+@pytest.mark.parametrize("mode", ["sync", "normal"])
+def test_a_pmdk_crash_campaign_under_daxfs_run_finds_no_violation(pmem_prog, tmp_path, mode):
+    """`daxfs crashtest --cmd 'daxfs run -- ...'`: the libpmemobj program, frozen and its daemon
+    killed at random points, then pmemobj_open, every reported transaction, pmempool check."""
+    import shlex
+    run_cmd = " ".join(map(shlex.quote, RUN))
+    check = tmp_path / "check.sh"
+    check.write_text(CHECK_POOL.replace("RUN", run_cmd).replace("PROG", shlex.quote(pmem_prog)))
+    check.chmod(0o755)
+    report = tmp_path / "report.json"
+    p = subprocess.run([sys.executable, "-m", "daxfs.cli", "crashtest", "--mode", mode, "--points", "8", "--seed", "3",
+                        "--no-inject", "--json", str(report),
+                        "--cmd", f"{run_cmd} {shlex.quote(pmem_prog)} tx $DAXFS_MNT/pool 30000 > $DAXFS_ORACLE",
+                        "--check", str(check)], capture_output=True, text=True, timeout=600)
+    assert p.returncode == 0, p.stdout[-2000:] + p.stderr[-2000:]
+    cases = json.loads(report.read_text())["cases"]
+    assert sum(c["note"] == "killed mid-workload" for c in cases) >= 3, [c["note"] for c in cases]
