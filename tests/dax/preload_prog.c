@@ -283,8 +283,11 @@ int main(int argc, char **argv) {
                 p[i * PAGE] = 1;
             t[i] = now_us() - t0;
         }
+        double sum = 0;
+        for (size_t i = 0; i < n; i++)
+            sum += t[i];
         qsort(t, n, sizeof *t, cmp);
-        printf("p50 %.1f p90 %.1f max %.1f\n", t[n / 2], t[n * 9 / 10], t[n - 1]);
+        printf("p50 %.1f p90 %.1f max %.1f mean %.1f\n", t[n / 2], t[n * 9 / 10], t[n - 1], sum / n);
         return 0;
     }
     return 2;
