@@ -3,7 +3,8 @@ SHELL := /bin/bash
 VENV  ?= .venv
 PY    := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
-APT_PKGS := fuse3 libfuse3-dev pkg-config
+# PMDK (libpmem-dev libpmemobj-dev pmdk-tools): the tests of `daxfs run` with a real pmem client
+APT_PKGS := fuse3 libfuse3-dev pkg-config libpmem-dev libpmemobj-dev pmdk-tools
 
 .PHONY: test deps venv helper demo crash bench clean xfstests
 

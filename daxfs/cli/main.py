@@ -336,6 +336,37 @@ def demo_faults(png: str | None) -> None:
     run(png)
 
 
+@main.command(short_help="Run a program with real DAX mappings (MAP_SYNC) of daxfs files.",
+              context_settings={"ignore_unknown_options": True, "allow_interspersed_args": False})
+@click.argument("command", nargs=-1, required=True, type=click.UNPROCESSED, metavar="[--] PROGRAM [ARGS]...")
+def run(command: tuple[str, ...]) -> None:
+    """Run PROGRAM with the preload library of daxfs.dax: its mmap(MAP_SHARED[_VALIDATE] [| MAP_SYNC])
+    of files on daxfs mounts become real DAX mappings, faulted by the daemon (docs/run.md). The
+    program replaces this process (exec): same pid, so its signals and exit status are the caller's."""
+    import glob
+
+    if command and command[0] == "--":
+        command = command[1:]
+    if not command:
+        fail("run: no program given (daxfs run [--] PROGRAM [ARGS]...)", 2)
+    here = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "dax")
+    libs = sorted(glob.glob(os.path.join(here, "_preload*.so")))
+    if not libs:
+        fail(f"run: the preload library is missing from {here} (not built): reinstall daxfs "
+             "(pip install -e . in the checkout, or make venv)", 1)
+    env = dict(os.environ)
+    env["LD_PRELOAD"] = libs[0] + (":" + env["LD_PRELOAD"] if env.get("LD_PRELOAD") else "")
+    sys.stdout.flush()
+    try:
+        os.execvpe(command[0], list(command), env)
+    except FileNotFoundError:
+        fail(f"{command[0]}: command not found", 127)  # a shell's answer
+    except PermissionError:
+        fail(f"{command[0]}: permission denied", 126)
+    except OSError as e:
+        fail(f"{command[0]}: {e.strerror or e}", 126)
+
+
 def mount_helper() -> None:
     """`mount -t fuse.daxfs IMAGE DIR -o OPTS` and fstab lines run this as /sbin/mount.fuse.daxfs."""
     args = sys.argv[1:]

@@ -8,8 +8,10 @@
     m.close()
 
 The rooms: mapping.py is the client (mappings, faults, persist, numpy views); protocol.py is the
-wire protocol it shares with the daemon (side-channel names, control messages, a blocking client).
-Neither imports trio or pyfuse3: a client pays only for numpy. docs/dax.md tells the whole story.
+wire protocol it shares with the daemon (side-channel names, control messages, a blocking client);
+uffd.py the few userfaultfd calls. Neither imports trio or pyfuse3: a client pays only for numpy.
+docs/dax.md tells the whole story. preload.c is the same client in C, for unmodified programs: the
+library `daxfs run` preloads (built by pip install as _preload*.so; docs/run.md).
 """
 
 from daxfs.dax.mapping import (LEGACY_MAP_MASK, MAP_POPULATE, MAP_SHARED, MAP_SHARED_VALIDATE, MAP_SYNC, PAGE,

@@ -394,8 +394,14 @@ class Mapping:
         try:
             uffd.register(fd, self._base, npages * PAGE, self.writable)
             self._watch.start(self._fds_path, self._id, fd)
-        finally:
-            os.close(fd)  # the daemon holds it now: when the daemon goes, the registration goes too
+        except BaseException:
+            os.close(fd)
+            raise
+        # Kept until the window goes (_Watch): were the daemon's copy the last, its death would
+        # unregister the window at once, and a store to a page not yet faulted would land, with no
+        # fault, in a block the file does not own until the watch thread acts. With this copy such a
+        # fault waits, and closing it after the SIGBUS memory is in place wakes it into SIGBUS.
+        self._watch.uffd = fd
         self._state[:] = _WRITE if self.writable else _READ  # nothing for the methods to fault
         self.real = True
 
@@ -483,10 +489,12 @@ class _Watch:
     a file system that went away."""
 
     def __init__(self, base: int, size: int) -> None:
+        _watches.add(self)
         self.base, self.size = base, size
         self.sock: socket.socket | None = None
         self.lock = threading.Lock()
         self.gone = False  # closed by us (unmapped) or by the daemon (revoked): act no more
+        self.uffd: int | None = None  # our copy of the window's userfaultfd (Mapping._attach_window)
 
     def start(self, fds_path: str, map_id: int, fd: int) -> None:
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -518,6 +526,7 @@ class _Watch:
                 _libc.mmap(self.base, self.size, PROT_READ | PROT_WRITE, MAP_SHARED | _MAP_FIXED, memfd, 0)
             finally:
                 os.close(memfd)
+                self._close_uffd()  # wakes the faults waiting on it: they retry on the SIGBUS memory
 
     def stop(self, owner: bool) -> None:
         """Stop watching. The owner (not a forked child, whose descriptor is a copy of the same
@@ -529,6 +538,25 @@ class _Watch:
                     with contextlib.suppress(OSError):
                         self.sock.shutdown(socket.SHUT_RDWR)
                 self.sock.close()
+            self._close_uffd()
+
+    def _close_uffd(self) -> None:
+        if self.uffd is not None:
+            os.close(self.uffd)
+            self.uffd = None
+
+
+_watches: weakref.WeakSet[_Watch] = weakref.WeakSet()
+
+
+def _forget_uffds_in_child() -> None:
+    """A forked child has no windows (MADV_DONTFORK): its copies of their userfaultfds would only
+    keep the parent's registrations alive after the daemon's death, with the parent's faults waiting."""
+    for w in list(_watches):
+        w._close_uffd()
+
+
+os.register_at_fork(after_in_child=_forget_uffds_in_child)
 
 
 def _release(pid: int, conn: ControlClient, map_id: int, base: int, size: int, image_fd: int, board: memoryview,
