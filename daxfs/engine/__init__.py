@@ -23,5 +23,6 @@ Layers, each a module with one job that calls only the ones below it (checked by
   superblock.py   the two superblock copies and their geometry
   pmem.py      the pmem region: store, persist, fence
   format.py    every on-image structure (docs/format.md in code)     mounttab.py  /proc/self/mountinfo
+  acl.py       POSIX ACLs: their xattr format, the mode <-> ACL rules of fs/posix_acl.c
   crashpoint.py errors.py runs.py   named crash points, typed errors, run merging
 """

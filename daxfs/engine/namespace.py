@@ -4,6 +4,11 @@ readdir), and the orphan directory that keeps unlinked-but-open inodes until the
 Directories are slot chains indexed in memory (directory.py). An inode whose last link goes while the
 kernel still holds references (lookup counts, ref/forget) is listed in the hidden orphan directory
 (inode 2) and freed at its last forget, or by the next open after a crash.
+
+A new inode's permissions: in a directory with a default ACL (and ACLs on), the new inode's access
+ACL and mode come from that ACL and the mode asked for, and a new directory inherits the default ACL
+itself (acl.create, ext4's posix_acl_create), all in the create's own step; no umask applies then.
+Without one, the caller's umask (the kernel passes it separately) is applied here.
 """
 
 from __future__ import annotations
@@ -11,12 +16,13 @@ from __future__ import annotations
 import errno
 import stat
 
+from daxfs.engine import acl
 from daxfs.engine import format as fmt
 from daxfs.engine.core import BS, now_ns
 from daxfs.engine.directory import Directory, Entry, name_problem
 from daxfs.engine.errors import FsError
 from daxfs.engine.inode import Inode
-from daxfs.engine.xattr import Xattrs
+from daxfs.engine.xattr import Xattrs, pack_xattrs
 
 RENAME_NOREPLACE = 1
 RENAME_EXCHANGE = 2
@@ -46,33 +52,35 @@ class Namespace(Xattrs):
             raise FsError(errno.EEXIST)
         return d
 
-    def mknod(self, parent: int, name: bytes, mode: int, uid: int, gid: int, rdev: int = 0) -> Inode:
+    def mknod(self, parent: int, name: bytes, mode: int, uid: int, gid: int, rdev: int = 0, umask: int = 0) -> Inode:
         """Regular files, fifos, sockets, device nodes (all plain inodes here)."""
         if stat.S_IFMT(mode) == 0:
             mode |= stat.S_IFREG
         if stat.S_IFMT(mode) not in (stat.S_IFREG, stat.S_IFIFO, stat.S_IFSOCK, stat.S_IFCHR, stat.S_IFBLK):
             raise FsError(errno.EINVAL)
-        return self._create(parent, name, mode, uid, gid, rdev)
+        return self._create(parent, name, mode, uid, gid, rdev, umask=umask)
 
     create = mknod
 
-    def mkdir(self, parent: int, name: bytes, mode: int, uid: int, gid: int) -> Inode:
-        return self._create(parent, name, stat.S_IFDIR | (mode & 0o7777), uid, gid)
+    def mkdir(self, parent: int, name: bytes, mode: int, uid: int, gid: int, umask: int = 0) -> Inode:
+        return self._create(parent, name, stat.S_IFDIR | (mode & 0o7777), uid, gid, umask=umask)
 
     def symlink(self, parent: int, name: bytes, target: bytes, uid: int, gid: int) -> Inode:
         if not target or len(target) >= BS:
             raise FsError(errno.ENAMETOOLONG if target else errno.ENOENT)
-        inode = self._create(parent, name, stat.S_IFLNK | 0o777, uid, gid, extra_blocks=1)
+        inode = self._create(parent, name, stat.S_IFLNK | 0o777, uid, gid, extra_blocks=1, inherit=False)
         self._write(inode, 0, target, begin=False)
         return inode
 
     def _create(self, parent_ino: int, name: bytes, mode: int, uid: int, gid: int, rdev: int = 0,
-                extra_blocks: int = 0) -> Inode:
+                extra_blocks: int = 0, umask: int = 0, inherit: bool = True) -> Inode:
         parent = self.inode(parent_ino)
         d = self._new_entry_checks(parent, name)
         if stat.S_ISDIR(mode) and parent.nlink >= LINK_MAX:  # a subdirectory is a link of its parent
             raise FsError(errno.EMLINK)
-        self._begin(extra_blocks)
+        mode, acls = self._initial_acls(parent, mode, umask) if inherit else (mode, {})
+        blob = pack_xattrs(acls)
+        self._begin(extra_blocks + (len(blob) // fmt.PAYLOAD + 1 if acls else 0))
         if self.alloc.inodes.free_now < 1:
             raise FsError(errno.ENOSPC)
         if parent.mode & stat.S_ISGID:  # BSD group semantics for setgid directories
@@ -87,9 +95,25 @@ class Namespace(Xattrs):
         else:
             inode.nlink = 1
         self.inodes.save(inode)
+        if acls:
+            self._write_xattrs(inode, acls, blob, touch=False)
         d.add(name, inode.ino, mode)
         self._touch(parent)
         return inode
+
+    def _initial_acls(self, parent: Inode, mode: int, umask: int) -> tuple[int, dict[bytes, bytes]]:
+        """The new inode's mode and ACL records (module doc): from the parent's default ACL if it has
+        one, else the mode less the umask."""
+        default = self._stored_acl(parent, acl.DEFAULT) if self.acls else None
+        if default is None:
+            return mode & ~(umask & 0o777), {}
+        mode, access, inherited = acl.create(default, mode)
+        records = {}
+        if access is not None:
+            records[acl.ACCESS] = acl.pack(access)
+        if inherited is not None:
+            records[acl.DEFAULT] = acl.pack(inherited)
+        return mode, records
 
     def readlink(self, ino: int) -> bytes:
         inode = self.inode(ino)
