@@ -3,8 +3,9 @@ SHELL := /bin/bash
 VENV  ?= .venv
 PY    := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
-# PMDK (libpmem-dev libpmemobj-dev pmdk-tools): the tests of `daxfs run` with a real pmem client
-APT_PKGS := fuse3 libfuse3-dev pkg-config libpmem-dev libpmemobj-dev pmdk-tools
+# PMDK (libpmem-dev libpmemobj-dev pmdk-tools): the tests of `daxfs run` with a real pmem client;
+# acl (setfacl, getfacl): tests/daemon/test_mount_acl.py
+APT_PKGS := fuse3 libfuse3-dev pkg-config libpmem-dev libpmemobj-dev pmdk-tools acl
 
 .PHONY: test deps venv helper demo crash bench clean xfstests
 

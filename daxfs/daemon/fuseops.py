@@ -23,6 +23,10 @@ Side channels, all through extended attributes so that the kernel checks permiss
 listed in daxfs.dax.protocol (stats, map, prealloc, punch, control); setting prealloc or punch needs
 write permission, as setting any user.* attribute does.
 
+POSIX ACLs: the kernel enforces them (enable_acl, FUSE_POSIX_ACL) and leaves keeping mode and ACL
+consistent, inheritance and the umask to us (engine/acl.py): create, mknod and mkdir pass the
+caller's umask on, and setting an access ACL passes who the caller is, for the S_ISGID rule.
+
 Direct mappings (daxfs.dax, faults.py) store into pmem behind the page cache. So that read() sees
 those stores at once, a file with a live direct mapping is opened with direct_io: its reads skip
 the page cache. (Such handles cannot be mmap(2)ed MAP_SHARED; docs/dax.md.)
@@ -47,7 +51,7 @@ from daxfs.daemon.committer import Committer
 from daxfs.daemon.stats import DaemonStats
 from daxfs.daemon.syncrule import SyncRule
 from daxfs.dax import protocol
-from daxfs.engine import crashpoint
+from daxfs.engine import acl, crashpoint
 from daxfs.engine.errors import CorruptImage, FsError
 from daxfs.engine.extent import STATE_NAMES
 from daxfs.engine.fs import FileSystem
@@ -136,6 +140,7 @@ def shim_request(fn):
 class DaxOperations(pyfuse3.Operations):
     supports_dot_lookup = True
     enable_writeback_cache = False  # never: see the module doc
+    enable_acl = True  # FUSE_POSIX_ACL; mount.py sets it from the acl / noacl option
 
     def __init__(self, fs: FileSystem, committer: Committer, rule: SyncRule, stats: DaemonStats) -> None:
         super().__init__()
@@ -228,11 +233,11 @@ class DaxOperations(pyfuse3.Operations):
 
     @fuse_errors
     async def mknod(self, parent_inode, name, mode, rdev, ctx):
-        return self._entry(self.fs.mknod(parent_inode, name, mode, ctx.uid, ctx.gid, rdev))
+        return self._entry(self.fs.mknod(parent_inode, name, mode, ctx.uid, ctx.gid, rdev, umask=ctx.umask))
 
     @fuse_errors
     async def mkdir(self, parent_inode, name, mode, ctx):
-        return self._entry(self.fs.mkdir(parent_inode, name, mode, ctx.uid, ctx.gid))
+        return self._entry(self.fs.mkdir(parent_inode, name, mode, ctx.uid, ctx.gid, umask=ctx.umask))
 
     @fuse_errors
     async def symlink(self, parent_inode, name, target, ctx):
@@ -257,7 +262,7 @@ class DaxOperations(pyfuse3.Operations):
     # --- files ------------------------------------------------------------------------------------
     @fuse_errors
     async def create(self, parent_inode, name, mode, flags, ctx):
-        inode = self.fs.create(parent_inode, name, mode, ctx.uid, ctx.gid)
+        inode = self.fs.create(parent_inode, name, mode, ctx.uid, ctx.gid, umask=ctx.umask)
         return self._open_handle(inode.ino, flags), self._entry(inode)
 
     @fuse_errors
@@ -460,6 +465,10 @@ class DaxOperations(pyfuse3.Operations):
             return
         if name in SIDE_CHANNELS:
             raise FsError(errno.EPERM)
+        if name == acl.ACCESS:  # may clear S_ISGID: the kernel's FUSE_SETXATTR_ACL_KILL_SGID never reaches us
+            caller = acl.Caller(ctx.uid, ctx.gid, frozenset(proc.groups(ctx.pid)), proc.has_fsetid(ctx.pid))
+            self.fs.setxattr(inode, name, value, caller=caller)
+            return
         self.fs.setxattr(inode, name, value)
 
     @fuse_errors

@@ -226,6 +226,9 @@ def serve(image: str, mountpoint: str, opts: MountOptions, tell) -> None:
     rule = SyncRule(fs, committer, opts.map_sync)
     ops = DaxOperations(fs, committer, rule, stats)
     fs.times.mode, fs.times.diratime, fs.times.lazytime = opts.atime, opts.diratime, opts.lazytime
+    # acl: the kernel checks permissions against ACLs (FUSE_POSIX_ACL, which pyfuse3 asks for at init),
+    # the engine keeps mode and ACLs consistent and inherits default ACLs (docs/design.md, "POSIX ACLs")
+    ops.enable_acl = fs.acls = opts.acl
     fuse_opts = {"fsname=" + image, "subtype=daxfs", "default_permissions"} | opts.kernel_options()
     fuse_opts |= {name for name in ("ro", "allow_other", "debug") if getattr(opts, name)}
     if opts.atime == "noatime":

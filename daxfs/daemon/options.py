@@ -42,6 +42,7 @@ class MountOptions:
     diratime: bool = True
     lazytime: bool = False
     fault_around: int = 16  # pages a real fault maps at once (daemon/userfaults.py); 1: one per fault
+    acl: bool = True  # POSIX ACLs enforced by the kernel (FUSE_POSIX_ACL), as ext4's default; noacl: off
 
     def kernel_options(self) -> set[str]:
         """What FUSE's mount is told: its flags, spelled as mount(8) spells them."""
@@ -66,6 +67,8 @@ class MountOptions:
         if self.lazytime:
             opts.append("lazytime")
         opts.append(f"fault_around={self.fault_around}")
+        if not self.acl:
+            opts.append("noacl")
         return ",".join(opts)
 
 
@@ -114,6 +117,8 @@ def parse_options(texts: list[str]) -> MountOptions:
                 o.diratime = key == "diratime"
             elif key in ("lazytime", "nolazytime") and not value:
                 o.lazytime = key == "lazytime"
+            elif key in ("acl", "noacl") and not value:
+                o.acl = key == "acl"
             elif key in IGNORED_OPTIONS or key in FUSE_OWN or key.startswith("x-"):
                 continue
             else:

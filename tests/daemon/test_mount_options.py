@@ -119,3 +119,9 @@ def test_remount_read_only_and_back_without_losing_the_mount(daxmount):
     assert "rw" in flags(m) and m.pid() == pid
     write_file(j(m.mnt, "g"), b"after")
     assert read_file(j(m.mnt, "g")) == b"after"
+
+
+def test_acl_options_round_trip_to_the_daemon():
+    assert parse_options([""]).acl  # on by default, as on ext4
+    assert not parse_options([parse_options(["noacl"]).to_string()]).acl
+    assert parse_options(["noacl,acl"]).acl
