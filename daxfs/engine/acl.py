@@ -37,7 +37,7 @@ NAMES = (ACCESS, DEFAULT)
 VERSION = 2
 USER_OBJ, USER, GROUP_OBJ, GROUP, MASK, OTHER = 0x01, 0x02, 0x04, 0x08, 0x10, 0x20
 UNDEFINED_ID = 0xFFFFFFFF
-MAX_ENTRIES = 4096 // 8  # Linux refuses an ACL xattr larger than a page (fs/fuse/acl.c: E2BIG)
+MAX_ENTRIES = (4096 - 4) // 8  # Linux refuses an ACL xattr larger than a page (fs/fuse/acl.c: E2BIG)
 
 _HEADER = struct.Struct("<I")
 _ENTRY = struct.Struct("<HHI")

@@ -1,11 +1,11 @@
 """fsck passes 5 and 6: each inode, then the namespace (a part of fsck.Checker, in a file of its own).
 
-  5 inodes       per allocated inode: record, type, extents, chains, directory entries, xattr blob,
+  5 inodes       per allocated inode: record, type, extents, chains, directory entries, xattr blob (ACLs too),
                  symlink size; every block an inode owns is claimed in an owner-count array;
   6 namespace    link counts, parents, one name per directory, reachability, the orphan list.
 
 The checks of a single structure are the engine's own (extent.slot_problem, directory.name_problem,
-chain.links, xattr.unpack_xattrs): what loading refuses, fsck reports.
+chain.links, xattr.unpack_xattrs, acl.parse): what loading refuses, fsck reports.
 """
 
 from __future__ import annotations
@@ -16,10 +16,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from daxfs.engine import acl
 from daxfs.engine import format as fmt
 from daxfs.engine.chain import BadLink, links
 from daxfs.engine.directory import name_problem
-from daxfs.engine.errors import CorruptImage
+from daxfs.engine.errors import CorruptImage, FsError
 from daxfs.engine.extent import slot_problem
 from daxfs.engine.inode import KNOWN_TYPES, Inode
 from daxfs.engine.recovery import ReplayedImage
@@ -161,9 +162,16 @@ class InodeChecks:
         if len(blob) > fmt.XATTR_BLOB_MAX[self.sb.version]:
             self.problem(f"inode {ino}", f"{len(blob)} bytes of extended attributes, more than the limit")
         try:
-            unpack_xattrs(blob, ino)
+            xattrs = unpack_xattrs(blob, ino)
         except CorruptImage as e:
             self.problem(f"inode {ino}", str(e).removeprefix(f"inode {ino}: "))
+            return
+        for name in acl.NAMES:  # what an operation that needs the ACL refuses (xattr._stored_acl)
+            if name in xattrs:
+                try:
+                    acl.parse(xattrs[name])
+                except FsError as e:
+                    self.problem(f"inode {ino}", f"extended attribute {name.decode()}: {e}")
 
     def claim(self, start: int, n: int, who: str) -> None:
         seg = self.owners[start:start + n]

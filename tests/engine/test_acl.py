@@ -16,7 +16,7 @@ from daxfs.engine import format as fmt
 from daxfs.engine.acl import GROUP, GROUP_OBJ, MASK, OTHER, USER, USER_OBJ, Caller, Entry
 from daxfs.engine.errors import CorruptImage, FsError
 from daxfs.engine.xattr import XATTR_CREATE, pack_xattrs
-from helpers import crash, err, mkfile, reopen
+from helpers import crash, err, mkfile, problems, reopen
 
 ROOT = fmt.ROOT_INO
 NOBODY = Caller(65534, 65534)  # in no group of ours, no CAP_FSETID
@@ -247,3 +247,20 @@ def test_a_damaged_stored_default_acl_is_corruption_not_a_traceback(fs):
         fs.create(d, b"f", stat.S_IFREG | 0o644, 0, 0)
     assert err(fs.lookup, d, b"f") == errno.ENOENT  # refused before it changed anything
     assert pack_xattrs(fs._xattrs(fs.inode(d))) == pack_xattrs(bad)
+
+
+def test_fsck_reports_a_damaged_acl(image):
+    f = reopen(image)
+    a = mkfile(f, b"a")
+    f.setxattr(a, acl.ACCESS, NAMED)
+    assert problems_after_close(f, image) == []
+    f = reopen(image)
+    f._store_xattrs(f.inode(a), {acl.ACCESS: NAMED[:-8]})  # other:: cut off, as damage would
+    assert problems_after_close(f, image) == [
+        f"inode {a}: extended attribute system.posix_acl_access: invalid ACL: entries missing (user::, group::, "
+        "other::, and mask:: with named entries): Invalid argument"]
+
+
+def problems_after_close(f, image) -> list[str]:
+    f.close()
+    return problems(image)
