@@ -25,6 +25,11 @@
  * reads are turned off in init so that every request arrives in memory. If the kernel does not offer
  * v2, the init wrapper also turns off HANDLE_KILLPRIV (v1), should libfuse ask for it, so that the kernel
  * clears the bits itself (v1 would leave it to a file system that gets no flags).
+ *
+ * The init wrapper also asks for FUSE_CAP_DONT_MASK (pyfuse3 cannot). Without it the kernel applies the
+ * umask to the mode of create/mknod/mkdir before the daemon sees it, and POSIX says a directory's
+ * default ACL replaces the umask: the daemon applies the umask itself (it comes with the request),
+ * only where there is no default ACL (docs/design.md, "POSIX ACLs").
  */
 #define FUSE_USE_VERSION 34
 #define _GNU_SOURCE
@@ -134,6 +139,8 @@ static void do_init(void *userdata, struct fuse_conn_info *conn)
 	conn->want &= ~FUSE_CAP_SPLICE_READ;  /* every request in memory, for process_buf below */
 	if (!(want_killpriv_v2 && (kernel_init_flags & FUSE_HANDLE_KILLPRIV_V2)))
 		conn->want &= ~FUSE_CAP_HANDLE_KILLPRIV;  /* the kernel clears setid bits itself */
+	if (conn->capable & FUSE_CAP_DONT_MASK)
+		conn->want |= FUSE_CAP_DONT_MASK;  /* the umask is the daemon's: a default ACL replaces it */
 }
 
 static ssize_t io_read(int fd, void *buf, size_t len, void *userdata) { return read(fd, buf, len); }

@@ -142,8 +142,6 @@ def test_a_default_acl_is_inherited_and_replaces_the_umask(d):
     os.unlink(j(os.path.dirname(d), "plain"))
 
 
-@pytest.mark.xfail(strict=True, reason="needs FUSE_DONT_MASK (a change to fuseshim.c): the kernel applies "
-                                       "the umask before the daemon sees the mode (docs/design.md, POSIX ACLs)")
 def test_a_default_acl_ignores_the_umask(d):
     ok("setfacl", "-d", "-m", f"u:{ALICE}:rwx,g::rwx,o::---", d)
     ok("touch", j(d, "f"), umask=0o022)
