@@ -149,7 +149,8 @@ done
 [ -n "$RESULTS" ] || RESULTS=$XFSTESTS/results/daxfs-$(date +%Y%m%d-%H%M%S)
 mkdir -p "$RESULTS" && RESULTS=$(cd "$RESULTS" && pwd) || die "cannot create $RESULTS"
 
-RUN=$(mktemp -d "$IMAGE_DIR/daxfs-xfstests.XXXXXX") || die "cannot create a directory in $IMAGE_DIR"
+# no dot in the name: tests print their temporary files as "${path#*.}" (generic/469 does)
+RUN=$(mktemp -d "$IMAGE_DIR/daxfs-xfstests-XXXXXX") || die "cannot create a directory in $IMAGE_DIR"
 chmod 755 "$RUN"  # the fsgqa users reach TEST_DIR and SCRATCH_MNT through it
 SBIN=$(realpath /sbin)
 started=$(date +%s)
