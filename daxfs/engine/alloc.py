@@ -124,6 +124,11 @@ class Bitmap:
         self.free_ondisk -= 1
         self._store(lo, lo + 1)
 
+    def free_runs(self) -> int:
+        """How many runs of free bits there are (an allocation of any size uses at most that many)."""
+        free = ~self.busy[self.first:]
+        return int(np.count_nonzero(np.diff(free.view(np.int8)) == 1)) + int(free[0]) if len(free) else 0
+
     # --- search -----------------------------------------------------------------------------------
     def find(self, n: int, goal: int) -> list[tuple[int, int]]:
         """Runs totalling n free bits, preferring one contiguous run at or after goal. Marks nothing."""

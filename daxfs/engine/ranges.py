@@ -27,7 +27,7 @@ import errno
 import stat
 
 from daxfs.engine import format as fmt
-from daxfs.engine.core import BS, SLACK
+from daxfs.engine.core import BS, RESERVE, SLACK
 from daxfs.engine.data import DataPath, alloc_goal
 from daxfs.engine.errors import FsError
 from daxfs.engine.extent import HOLE, UNWRITTEN, WRITTEN, ExtentMap, IoMap
@@ -136,9 +136,15 @@ class Ranges(DataPath):
 
     def _begin_alloc(self, holes: list[IoMap]) -> int:
         """Begin an operation that fills these holes; ENOSPC now unless all of it fits, with room
-        for an extent slot per new block beyond what SLACK covers (free space may be that broken)."""
+        for an extent slot per new extent beyond what SLACK covers. A new extent per block is the
+        worst case (free space may be that broken); when that bound is what refuses, count instead:
+        no more new extents than free runs the allocation can use, holes, and MAX_EXTENT_LEN pieces
+        (a fallocate of nearly all the free space of a fresh file system fits, xfstests generic/103)."""
         total = sum(m.len for m in holes)
-        self._begin(total + max(0, -(-total // SLOTS) - SLACK))
+        extents = total
+        if self.alloc.blocks.free_now < total + max(0, -(-total // SLOTS) - SLACK) + SLACK + RESERVE:
+            extents = min(total, self.alloc.blocks.free_runs() + len(holes) + total // fmt.MAX_EXTENT_LEN)
+        self._begin(total + max(0, -(-extents // SLOTS) - SLACK))
         return total
 
     def _alloc_unwritten(self, inode: Inode, ext: ExtentMap, holes: list[IoMap]) -> None:

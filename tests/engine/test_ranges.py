@@ -10,6 +10,7 @@ import stat
 import pytest
 
 from daxfs.engine import format as fmt
+from daxfs.engine.core import RESERVE, SLACK
 from daxfs.engine.extent import UNWRITTEN, WRITTEN
 from daxfs.engine.fs import FileSystem
 from daxfs.engine.fsck import check
@@ -61,6 +62,37 @@ def test_mode_0_without_room_fails_before_allocating_anything(image):
     free, before = f.statfs().blocks_free, states(f, a)
     assert err(f.fallocate, a, 0, 0, (free + 1) * BS) == errno.ENOSPC
     assert f.statfs().blocks_free == free and states(f, a) == before and f.inode(a).size == 1
+    f.close()
+    assert check(image).clean
+
+
+MARGIN = SLACK + RESERVE + 4  # free blocks a fallocate leaves: room for 4 extent-slot blocks beyond SLACK
+
+
+def test_mode_0_of_nearly_all_the_free_space_fits_when_free_space_is_whole(image):
+    """The extent-slot reserve counts the extents the allocation can make, not one per block: a
+    fallocate of all but a little of a fresh file system's space fits (xfstests generic/103)."""
+    f = reopen(image)
+    a = mkfile(f, b"a")
+    f.commit()
+    n = f.statfs().blocks_free - MARGIN
+    assert f.fallocate(a, 0, 0, n * BS) == n
+    f.close()
+    assert check(image).clean
+
+
+def test_mode_0_over_broken_free_space_still_reserves_a_slot_per_extent(image):
+    f = reopen(image)
+    a, b = mkfile(f, b"a"), mkfile(f, b"b")
+    k = f.statfs().blocks_free // 3
+    for i in range(k):  # a's and b's blocks alternate: b's become k runs of one free block
+        f.write(a, i * BS, b"a")
+        f.write(b, i * BS, b"b")
+    f.unlink(fmt.ROOT_INO, b"b")
+    f.commit()
+    f.checkpoint()
+    n = f.statfs().blocks_free - MARGIN  # ~k new extents: their slot blocks do not fit in MARGIN
+    assert err(f.fallocate, a, 0, k * BS, n * BS) == errno.ENOSPC
     f.close()
     assert check(image).clean
 
