@@ -16,6 +16,7 @@ import stat
 import subprocess
 import time
 import traceback
+import uuid
 from dataclasses import dataclass
 from typing import Callable
 
@@ -389,6 +390,28 @@ def fallocate(fd: int, mode: int, off: int, length: int) -> None:
     if _libc.fallocate(fd, mode, off, length) != 0:
         e = ctypes.get_errno()
         raise OSError(e, os.strerror(e))
+
+
+def crash_under(m, child: subprocess.Popen) -> tuple[str, str]:
+    """SIGKILL m's daemon while `child` (a program holding direct mappings) waits for a line on its
+    stdin; give its watch thread time to see the daemon go, then let it go on. Its stdout and stderr."""
+    m.crash()
+    time.sleep(0.5)
+    child.stdin.write("\n")
+    child.stdin.flush()
+    return child.communicate(timeout=60)
+
+
+def fresh_dir(m, mode: int = 0o755) -> str:
+    """A new directory of a unique name on a mount that several tests share: one test's own."""
+    path = os.path.join(m.mnt, "t-" + uuid.uuid4().hex[:8])
+    os.mkdir(path)
+    os.chmod(path, mode)
+    return path
+
+
+def j(*parts) -> str:
+    return os.path.join(*parts)
 
 
 def read_file(path) -> bytes:

@@ -10,12 +10,11 @@ import errno
 import os
 import stat
 import subprocess
-import uuid
 
 import pytest
 
 from daxfs.engine import acl
-from helpers import errno_of, mounted, read_file, write_file
+from helpers import errno_of, fresh_dir, j, mounted, read_file, write_file
 
 pytestmark = pytest.mark.mount
 
@@ -31,14 +30,8 @@ def mnt(tmp_path_factory):
 
 @pytest.fixture
 def d(mnt):
-    path = os.path.join(mnt.mnt, "t-" + uuid.uuid4().hex[:8])
-    os.mkdir(path)
-    os.chmod(path, 0o755)
-    return path
+    return fresh_dir(mnt, 0o755)
 
-
-def j(*parts) -> str:
-    return os.path.join(*parts)
 
 
 def run(*cmd: str, uid: int | None = None, groups: tuple[int, ...] = (), cwd: str | None = None,

@@ -13,12 +13,12 @@ import mmap
 import os
 import stat
 import time
-import uuid
 
 import pytest
 
 from daxfs.engine.core import RESERVE, SLACK
-from helpers import BS, MiB, as_user, errno_as_user, errno_of, mounted, pattern, read_file, wait_until, write_file
+from helpers import (BS, MiB, as_user, errno_as_user, errno_of, fresh_dir, j, mounted, pattern, read_file, wait_until,
+                     write_file)
 
 
 pytestmark = pytest.mark.mount
@@ -50,15 +50,8 @@ def mnt(tmp_path_factory):
 
 @pytest.fixture
 def d(mnt):
-    """A fresh directory on the shared mount for one test."""
-    path = os.path.join(mnt.mnt, "t-" + uuid.uuid4().hex[:8])
-    os.mkdir(path)
-    os.chmod(path, 0o755)
-    return path
+    return fresh_dir(mnt, 0o755)
 
-
-def j(*parts) -> str:
-    return os.path.join(*parts)
 
 
 # --- lookup, getattr, setattr ---------------------------------------------------------------------------------

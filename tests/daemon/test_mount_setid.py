@@ -13,10 +13,10 @@ from __future__ import annotations
 import json
 import os
 import stat
-import uuid
 
 import pytest
-from helpers import FALLOC_FL_KEEP_SIZE, FALLOC_FL_PUNCH_HOLE, FALLOC_FL_ZERO_RANGE, as_user, daxfs, fallocate, mounted
+from helpers import (FALLOC_FL_KEEP_SIZE, FALLOC_FL_PUNCH_HOLE, FALLOC_FL_ZERO_RANGE, as_user, daxfs, fallocate,
+                     fresh_dir, mounted)
 
 pytestmark = pytest.mark.mount
 
@@ -31,10 +31,7 @@ def mnt(tmp_path_factory):
 
 @pytest.fixture
 def d(mnt):
-    path = os.path.join(mnt.mnt, "t-" + uuid.uuid4().hex[:8])
-    os.mkdir(path)
-    os.chmod(path, 0o777)
-    return path
+    return fresh_dir(mnt, 0o777)
 
 
 def requests(m) -> dict[str, int]:

@@ -16,7 +16,7 @@ import sys
 
 import pytest
 
-from helpers import BS, MiB, read_file, wait_until
+from helpers import BS, MiB, crash_under, read_file, wait_until
 
 pytestmark = pytest.mark.mount
 
@@ -165,12 +165,7 @@ def test_the_daemons_end_takes_the_window_away_sigbus(shm, prog):
     p = start(prog, "revoke", sized(shm / "f", 2 * BS))
     try:
         assert p.stdout.readline() == "mapped\n", p.stderr.read()
-        shm.crash()
-        import time
-        time.sleep(0.5)  # the watcher thread sees the watch close
-        p.stdin.write("\n")
-        p.stdin.flush()
-        out, err = p.communicate(timeout=60)
+        out, err = crash_under(shm, p)
     finally:
         p.kill()
     assert p.returncode == -signal.SIGBUS and out == "", err

@@ -23,7 +23,7 @@ import pytest
 from daxfs import dax
 from daxfs.daemon.options import MountOptions
 from daxfs.dax.protocol import decode, encode
-from helpers import BS, FALLOC_FL_KEEP_SIZE, FALLOC_FL_PUNCH_HOLE, fallocate, read_file, wait_until
+from helpers import BS, FALLOC_FL_KEEP_SIZE, FALLOC_FL_PUNCH_HOLE, crash_under, fallocate, read_file, wait_until
 
 pytestmark = pytest.mark.mount
 
@@ -195,12 +195,7 @@ def test_the_daemons_end_takes_the_window_away(shm):
     """), f], stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         assert p.stdout.readline() == "mapped\n"
-        shm.crash()
-        import time
-        time.sleep(0.5)  # the child's watch thread sees the connection close
-        p.stdin.write("\n")
-        p.stdin.flush()
-        out, err = p.communicate(timeout=60)
+        out, err = crash_under(shm, p)
     finally:
         p.kill()
     assert p.returncode == -signal.SIGBUS and out == "", err
