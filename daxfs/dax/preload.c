@@ -475,6 +475,17 @@ static int start_watcher(void) {
     return 0;
 }
 
+/* A window's own descriptors and memory (its watch is closed by the caller: with or without a
+   shutdown, which depends on whose connection it is). */
+static void free_window(struct window *w) {
+    if (w->uffd >= 0)
+        close(w->uffd);
+    if (w->file_fd >= 0)
+        close(w->file_fd);
+    free(w->pieces);
+    free(w);
+}
+
 static void atfork_prepare(void) { pthread_mutex_lock(&lock); }
 static void atfork_parent(void) { pthread_mutex_unlock(&lock); }
 static void atfork_child(void) {
@@ -485,11 +496,7 @@ static void atfork_child(void) {
         next = w->next;
         if (w->watch >= 0)
             close(w->watch);
-        if (w->uffd >= 0)
-            close(w->uffd);
-        close(w->file_fd);
-        free(w->pieces);
-        free(w);
+        free_window(w);
     }
     windows = NULL;
     nwindows = 0;
@@ -564,11 +571,7 @@ static void finish_dead(struct window *dead) {
             shutdown(w->watch, SHUT_RDWR);
             close(w->watch);
         }
-        if (w->uffd >= 0)
-            close(w->uffd);
-        close(w->file_fd);
-        free(w->pieces);
-        free(w);
+        free_window(w);
     }
     if (dead)
         wake_watcher();
@@ -782,14 +785,8 @@ static int make_window(void *addr, size_t len, int prot, int flags, int place, i
     result = MADE;
 out:;
     int e = errno;
-    if (w) {
-        if (w->file_fd >= 0)
-            close(w->file_fd);
-        if (w->uffd >= 0)
-            close(w->uffd);
-        free(w->pieces);
-        free(w);
-    }
+    if (w)
+        free_window(w);
     if (result != MADE) {
         if (id >= 0 && ctl >= 0) {  /* or its blocks stay pinned until we exit */
             snprintf(req, sizeof req, "{\"op\": \"dax_unmap\", \"id\": %lld}\n", id);
