@@ -92,7 +92,6 @@ DIRECT_WRITES_COHERENT = _kernel_at_least(6, 6)  # FUSE direct writes invalidate
 class Handle:
     ino: int
     sync: bool  # opened with O_SYNC or O_DSYNC
-    odirect: bool = False  # O_DIRECT through the page cache's path (not a direct_io handle)
 
 
 def fuse_errors(fn):
@@ -183,7 +182,7 @@ class DaxOperations(pyfuse3.Operations):
     def _open_handle(self, ino: int, flags: int) -> pyfuse3.FileInfo:
         fh = self.next_fh
         self.next_fh += 1
-        h = self.handles[fh] = Handle(ino, bool(flags & (os.O_SYNC | os.O_DSYNC)))
+        self.handles[fh] = Handle(ino, bool(flags & (os.O_SYNC | os.O_DSYNC)))
         # Every change to a file's data reaches the kernel's page cache through this daemon's replies,
         # except stores through direct mappings: so an open keeps the cached pages (a warm read costs no
         # request) unless the file was mapped since the cache last started afresh (then it starts from
@@ -202,7 +201,6 @@ class DaxOperations(pyfuse3.Operations):
         # O_SYNC/O_DSYNC: the kernel follows their cached writes with the fsync that persists the data.
         direct = mapped or (DIRECT_WRITES_COHERENT and (flags & os.O_ACCMODE) == os.O_WRONLY
                             and not flags & (os.O_SYNC | os.O_DSYNC))
-        h.odirect = bool(flags & os.O_DIRECT) and not direct
         return pyfuse3.FileInfo(fh=fh, keep_cache=keep, direct_io=direct)
 
     # --- namespace --------------------------------------------------------------------------------
@@ -296,13 +294,6 @@ class DaxOperations(pyfuse3.Operations):
             tid = self.fs.tid_to_commit(h.ino, off, n)
             if tid and await self.rule.commit_before_ack(tid):  # stable blocks (tid 0): no await at all
                 self.stats.sync_faults += 1
-        if h.odirect:
-            # The kernel drops the range's cached pages before it sends an O_DIRECT write, and after
-            # it only when the write completed at once: an asynchronous one (AIO) leaves whatever a
-            # buffered reader cached meanwhile, the old bytes (xfstests generic/451). The bytes are in
-            # pmem now, so dropping the cache here, before the answer, leaves none stale. In a thread:
-            # the kernel waits for pages under read, and those reads need this loop.
-            await trio.to_thread.run_sync(functools.partial(_drop_cache, h.ino))
         crashpoint.hit("write.before_ack")
         return n
 
