@@ -60,6 +60,7 @@ from daxfs.engine.errors import DaxfsError  # what daxfs raises on purpose
 from daxfs.engine.fs import FileSystem  # the engine, to populate seed images in-process
 from daxfs.engine.fsck import check  # phase 1
 from daxfs.engine.mkfs import mkfs
+from daxfs.daemon.proc import process_alive, wait_exit  # a daemon is dead once its threads are gone too
 # (phase 2 runs the `daxfs` command beside this Python: mount, stats, umount, fsck; see daxfs_cli())
 # --- end of adapter ----------------------------------------------------------------------------------------
 
@@ -1509,14 +1510,6 @@ def mountinfo(target: str) -> dict | None:
     return None
 
 
-def process_alive(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(") ", 1)[-1][:1] != "Z"
-    except (FileNotFoundError, ProcessLookupError):
-        return False
-
-
 def cmdlines():
     """(pid, arguments) of every other process, as /proc shows them."""
     for d in os.listdir("/proc"):
@@ -1731,10 +1724,10 @@ def mount_check(image: str, d: str, detail: dict, timeout: float, case: int = 0)
                         events.append("hang")
                     elif rc != 0 or mountinfo(mnt) is not None:
                         res["umount"]["failed"] = True
-                    elif not _wait_dead(pid, timeout):
+                    elif not wait_exit(pid, timeout):
                         res["umount"]["daemon_lingers"] = True
     finally:
-        if pid is not None and mountinfo(mnt) is None and not _wait_dead(pid, 15):
+        if pid is not None and mountinfo(mnt) is None and not wait_exit(pid, 15):
             res["daemon_lingers"] = True  # no mount any more, but the daemon does not exit
         did = mc.cleanup()  # only now: a dying daemon may still be writing its traceback
         MountCase.active = None
@@ -1754,15 +1747,6 @@ def mount_check(image: str, d: str, detail: dict, timeout: float, case: int = 0)
         events.append(res["fsck_after"]["verdict"])
     res["events"] = sorted(set(events))
     return res
-
-
-def _wait_dead(pid: int, timeout: float) -> bool:
-    t = time.monotonic() + timeout
-    while process_alive(pid):
-        if time.monotonic() > t:
-            return False
-        time.sleep(0.02)
-    return True
 
 
 def walk_and_write(mc: MountCase, res: dict, events: list[str], case: int, timeout: float) -> None:
