@@ -276,13 +276,16 @@ def warm_up(m) -> None:
 @click.option("--seq-mib", type=int, default=None, help="MiB per sequential write/read (default 64; --quick 16)")
 @click.option("--headline", type=click.Choice(["msync", "nomsync"]), default="msync", show_default=True,
               help="which daxfs configuration the ratios, table 2 and --scale are about")
+@click.option("--other", type=click.Choice(["msync-flipped", "pyfuse3-loop"]), default="msync-flipped", show_default=True,
+              help="the second daxfs column: the headline with msync flipped, or the headline run by pyfuse3.main() "
+                   "instead of daxfs's own session loop (DAXFS_SESSION_LOOP=pyfuse3)")
 @click.option("--scale", is_flag=True, help="also run every row on a 64 GiB image with 100,000 files (table 3)")
 @click.option("--rows", "only", default=None, help="comma-separated row keys to run (default: all)")
 @click.option("--seed", type=int, default=1, show_default=True, help="seed of the random offsets and the tar tree")
 @click.option("--skip-table2", is_flag=True, help="no table 2")
 @click.option("--json", "json_path", type=click.Path(dir_okay=False, writable=True), default=None,
               help="also write every figure to this JSON file")
-def main(quick: bool, rounds: int | None, seq_mib: int | None, headline: str, scale: bool, only: str | None,
+def main(quick: bool, rounds: int | None, seq_mib: int | None, headline: str, other: str, scale: bool, only: str | None,
          seed: int, skip_table2: bool, json_path: str | None) -> None:
     """daxfs vs pyfuse3's passthroughfs.py, with and without xattrs, over tmpfs (table 1; table 3 with
     --scale), and daxfs sync vs normal mode (table 2)."""
@@ -308,7 +311,12 @@ def main(quick: bool, rounds: int | None, seq_mib: int | None, headline: str, sc
         needs = {"read_cold": ["seq_write"], "read_warm": ["seq_write", "read_cold"], "find_cat": ["untar"]}
         keys += [k2 for k in keys for k2 in needs.get(k, [])]  # rows that set up for another
         all_rows = [r for r in all_rows if r.key in keys]
-    other = "nomsync" if headline == "msync" else "msync"
+    headline_opts = [] if headline == "msync" else ["nomsync"]
+    if other == "pyfuse3-loop":
+        other, other_opts, other_env = f"{headline} pyfuse3-loop", headline_opts, {"DAXFS_SESSION_LOOP": "pyfuse3"}
+    else:
+        other = "nomsync" if headline == "msync" else "msync"
+        other_opts, other_env = ["nomsync"] if other == "nomsync" else [], None
     rng = random.Random(seed)
 
     def on_signal(signum, frame):
@@ -326,11 +334,11 @@ def main(quick: bool, rounds: int | None, seq_mib: int | None, headline: str, sc
         tar_bytes, tar_data = make_tree_tar(p.tar_files, seed)
         with open(tar_path, "wb") as f:
             f.write(tar_bytes)
-        with console.status("mounting both passthroughfs baselines and daxfs (msync, nomsync)…"):
+        with console.status(f"mounting both passthroughfs baselines and daxfs ({headline}, {other})…"):
             mounts = {FAIR: ws.mount_passthrough(script, FAIR, xattr=True),
                       PLAIN: ws.mount_passthrough(script, PLAIN, xattr=False),
-                      "msync": ws.mount_daxfs("msync", []),
-                      "nomsync": ws.mount_daxfs("nomsync", ["nomsync"])}
+                      headline: ws.mount_daxfs(headline, headline_opts),
+                      other: ws.mount_daxfs(other, other_opts, env=other_env)}
         setup_s = {}
         for name, m in mounts.items():
             with console.status(f"preparing {name}: the pwrite file and {p.readdir_entries:,} readdir entries…"):
@@ -346,7 +354,7 @@ def main(quick: bool, rounds: int | None, seq_mib: int | None, headline: str, sc
                                                lambda n: progress.advance(task, n))
             with console.status("mounting the large image…"):
                 t0 = time.perf_counter()
-                mounts[SCALE] = ws.mount_daxfs(SCALE, [] if headline == "msync" else ["nomsync"], image=image)
+                mounts[SCALE] = ws.mount_daxfs(SCALE, headline_opts, image=image)
                 scale_info["mount_s"] = round(time.perf_counter() - t0, 1)
             mounts[SCALE].pw_blocks = range(0, 2 * SCALE_EXTENTS, 2)
             console.print(f"large image: {scale_info}")
@@ -360,9 +368,8 @@ def main(quick: bool, rounds: int | None, seq_mib: int | None, headline: str, sc
         t2 = {}
         if not skip_table2:
             with console.status("mounting daxfs map_sync and normal for table 2…"):
-                base = [] if headline == "msync" else ["nomsync"]
-                t2 = {"map_sync": ws.mount_daxfs(f"t2 map_sync {headline}", base + ["map_sync"]),
-                      "normal": ws.mount_daxfs(f"t2 normal {headline}", base)}
+                t2 = {"map_sync": ws.mount_daxfs(f"t2 map_sync {headline}", headline_opts + ["map_sync"]),
+                      "normal": ws.mount_daxfs(f"t2 normal {headline}", headline_opts)}
             for m in t2.values():
                 prepare_file(m.path("stable"), p.pwrite_file_mib * MiB)
             sync_base = t2["map_sync"].stats()

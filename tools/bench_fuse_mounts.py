@@ -55,8 +55,9 @@ def daxfs_cmd() -> list[str]:
     return [exe] if os.access(exe, os.X_OK) else [sys.executable, "-m", "daxfs.cli"]
 
 
-def run(cmd: list[str], timeout: float = 120) -> str:
-    p = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL)
+def run(cmd: list[str], timeout: float = 120, env: dict | None = None) -> str:
+    p = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL,
+                       env=None if env is None else {**os.environ, **env})
     if p.returncode != 0:
         raise RuntimeError(f"{shlex.join(cmd)} exited {p.returncode}: {(p.stderr or p.stdout).strip()}")
     return p.stdout
@@ -210,8 +211,10 @@ class Workspace:
         m.mounted = True
         return m
 
-    def mount_daxfs(self, name: str, options: list[str], size: str = "1G", image: str | None = None) -> Mount:
-        """A fresh image of `size` (daxfs mkfs), or the prepared `image`, mounted with `options`."""
+    def mount_daxfs(self, name: str, options: list[str], size: str = "1G", image: str | None = None,
+                    env: dict | None = None) -> Mount:
+        """A fresh image of `size` (daxfs mkfs), or the prepared `image`, mounted with `options` (the
+        daemon gets `env` on top of ours)."""
         tag = name.replace(" ", "_").replace("=", "-")
         mnt = os.path.join(self.root, f"{tag}-mnt")
         os.mkdir(mnt)
@@ -221,7 +224,7 @@ class Workspace:
         m = Mount(name, mnt, "daxfs", image=image)
         self.mounts.append(m)
         cmd = daxfs_cmd() + ["mount", image, mnt] + (["-o", ",".join(options)] if options else [])
-        run(cmd, timeout=600)  # returns once the mount answers
+        run(cmd, timeout=600, env=env)  # returns once the mount answers
         m.mounted = os.path.ismount(mnt)
         if not m.mounted:
             raise RuntimeError(f"{shlex.join(cmd)} returned but {mnt} is not a mount")

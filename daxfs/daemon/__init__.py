@@ -6,6 +6,7 @@
   control.py    the control socket's server (credentials from SO_PEERCRED), crash-test ops
   syncrule.py   the MAP_SYNC rule, daemon side: which writes are synchronous, commit before the ack
   committer.py  group commit (one journal commit serves every request that waits), periodic commit
+  session.py    the FUSE session loop: each request run to its reply with no task switch (pyfuse3.main's stand-in)
   stats.py      counters and the seed's latency histograms      options.py  mount options
   proc.py       processes as /proc shows them
   fuseshim.py   fallocate, SEEK_DATA/SEEK_HOLE and copy_file_range, which pyfuse3 cannot receive,

@@ -23,6 +23,7 @@ import time
 import trio
 
 from daxfs.engine.fs import FileSystem
+from daxfs.daemon.session import detach
 from daxfs.daemon.stats import DaemonStats
 
 
@@ -41,6 +42,7 @@ class Committer:
         target = self.fs.journal.running_tid if tid is None else tid
         while self.fs.committed_tid < target:
             if not self._idle.is_set():
+                await detach()  # a FUSE request: the session loop goes on reading the next ones
                 await self._idle.wait()
                 continue
             txn = self.fs.start_commit()
@@ -52,6 +54,7 @@ class Committer:
                 if len(txn.blocks) <= INLINE_BLOCKS and (self.fs.region.on_ram or not self.fs.region.durable):
                     self.fs.journal.write_commit(txn)
                 else:
+                    await detach()
                     await trio.to_thread.run_sync(self.fs.journal.write_commit, txn)
                 self.fs.finish_commit(txn)
                 self.stats.commit_done(time.perf_counter() - t0)

@@ -58,6 +58,7 @@ static kill_cb py_kill;
 static lseek_cb py_lseek;
 static copy_cb py_copy;
 static int sessions;  /* how many sessions were created through us: the daemon checks it is 1 */
+static struct fuse_session *session;  /* the last of them, for the daemon's own loop (session.py) */
 
 int daxfs_shim_register(fallocate_cb f, lseek_cb l, copy_cb c)
 {
@@ -251,5 +252,29 @@ struct fuse_session *fuse_session_new(struct fuse_args *args, const struct fuse_
 	py_init = ops.init;
 	ops.init = do_init;
 	sessions++;
-	return real(args, &ops, sizeof ops, userdata);
+	session = real(args, &ops, sizeof ops, userdata);
+	return session;
+}
+
+int daxfs_shim_session_fd(void) { return session ? fuse_session_fd(session) : -1; }
+
+/* The daemon's session loop (session.py) calls this with the GIL held, the descriptor non-blocking:
+ * read one request and process it (libfuse calls pyfuse3's handler, which runs the operation).
+ * Returns 1 if it processed one, 0 if none is waiting, -1 once the session has ended, or -errno. */
+int daxfs_shim_serve_one(void)
+{
+	static struct fuse_buf buf;  /* libfuse allocates its memory on the first read and reuses it */
+	int r;
+
+	if (!session || fuse_session_exited(session))
+		return -1;
+	do
+		r = fuse_session_receive_buf(session, &buf);
+	while (r == -EINTR);  /* an interrupted request (ENOENT): the next one */
+	if (r == -EAGAIN)
+		return 0;
+	if (r <= 0)
+		return r == 0 || fuse_session_exited(session) ? -1 : r;
+	fuse_session_process_buf(session, &buf);
+	return 1;
 }

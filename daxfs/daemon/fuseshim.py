@@ -53,8 +53,12 @@ class Shim:
     copy_file_range: each returns an int, -errno, or a coroutine that returns one) and a way to
     start tasks (a trio nursery's start_soon) for the replies that must wait."""
 
-    def __init__(self, lib: ctypes.CDLL) -> None:
+    def __init__(self, lib: ctypes.CDLL, path: str) -> None:
         self.lib = lib
+        # The session loop's entry runs pyfuse3's handlers: it must keep the GIL, as only PyDLL does.
+        self.serve_one = ctypes.PyDLL(path, mode=os.RTLD_GLOBAL | os.RTLD_NOW).daxfs_shim_serve_one
+        self.serve_one.restype = c_int
+        lib.daxfs_shim_session_fd.restype = c_int
         lib.daxfs_shim_register.argtypes = [FALLOCATE, LSEEK, COPY_FILE_RANGE]
         lib.daxfs_shim_reply.argtypes = [c_void_p, c_int, c_int64]
         lib.daxfs_shim_sessions.restype = c_int
@@ -68,6 +72,10 @@ class Shim:
     def sessions(self) -> int:
         """How many FUSE sessions were created through the shim (1 once pyfuse3.init() used it)."""
         return self.lib.daxfs_shim_sessions()
+
+    def session_fd(self) -> int:
+        """The FUSE session's /dev/fuse descriptor (-1 before pyfuse3.init)."""
+        return self.lib.daxfs_shim_session_fd()
 
     def killpriv_v2(self) -> bool:
         """Whether the kernel agreed to HANDLE_KILLPRIV_V2 (known once the mount's INIT is answered)."""
@@ -133,4 +141,4 @@ def load() -> Shim | None:
         log.warning("the FUSE shim (%s) is not built; reinstall daxfs (pip install): no fallocate, "
                     "SEEK_DATA/SEEK_HOLE or copy_file_range on this mount", LIBRARY)
         return None
-    return Shim(ctypes.CDLL(spec.origin, mode=os.RTLD_GLOBAL | os.RTLD_NOW))
+    return Shim(ctypes.CDLL(spec.origin, mode=os.RTLD_GLOBAL | os.RTLD_NOW), spec.origin)

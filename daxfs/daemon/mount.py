@@ -195,6 +195,7 @@ def serve(image: str, mountpoint: str, opts: MountOptions, tell) -> None:
     from daxfs.daemon.control import ControlServer, kill_self, register_crash_ops
     from daxfs.daemon.faults import FaultService, revoke_stale
     from daxfs.daemon.fuseops import DaxOperations
+    from daxfs.daemon.session import SessionLoop
     from daxfs.daemon.stats import DaemonStats
     from daxfs.daemon.syncrule import SyncRule
     from daxfs.engine.fs import FileSystem
@@ -235,6 +236,10 @@ def serve(image: str, mountpoint: str, opts: MountOptions, tell) -> None:
         fuse_opts.add("noatime")  # the kernel then updates no atime of its own either
     if shim is not None:
         shim.attach(ops)
+    loop = None
+    if shim is not None and os.environ.get("DAXFS_SESSION_LOOP", "daxfs") != "pyfuse3":
+        loop = SessionLoop(shim, stats)
+        loop.install(ops)
     try:
         pyfuse3.init(ops, mountpoint, fuse_opts)
     except RuntimeError as e:
@@ -277,7 +282,10 @@ def serve(image: str, mountpoint: str, opts: MountOptions, tell) -> None:
             ops.control_path = control.path
             log.info("mounted %s on %s (%s)", image, mountpoint, opts.to_string())
             tell("ready")
-            await pyfuse3.main()
+            if loop is not None:
+                await loop.run()
+            else:
+                await pyfuse3.main()
             nursery.cancel_scope.cancel()
 
     async def _stop_on_signal() -> None:

@@ -64,6 +64,10 @@ class DaemonStats:
     accept_failures: int = 0  # accept() failed for want of descriptors or memory (backed off, retried)
     fuse_shim: bool = False  # fallocate, SEEK_DATA/SEEK_HOLE and copy_file_range reach us (fuseshim.py)
     killpriv_v2: bool = False  # the kernel leaves clearing setid bits to us: no GETXATTR per write (fuseshim.py)
+    # the FUSE session loop (session.py): "daxfs" (its own) or "pyfuse3" (pyfuse3.main)
+    session_loop: str = "pyfuse3"
+    detached_requests: int = 0  # requests that waited (for a commit) on a task of their own
+    blocking_requests: int = 0  # requests that waited without detaching: the loop waited too (expect 0)
     writes: int = 0
     bytes_written: int = 0
     reads: int = 0
