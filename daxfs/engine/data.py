@@ -67,7 +67,7 @@ class DataPath(Mappings):
                 self._begin_in_place()
             else:  # growing i_size inside allocated blocks (a log's small records): _write's steps, less
                 self._begin()  # the mapping, which has nothing to do
-                self._grow_size(inode, off + n)
+                self._grow_size(inode, off + n, off)
                 inode.size = off + n
             self._copy_in(inode, maps, off, memoryview(data)[:n])
             self._touch(inode)
@@ -107,7 +107,7 @@ class DataPath(Mappings):
         end = off + n
         self._make_written(inode, ext, off // BS, (end - 1) // BS + 1, off, end, begin, maps)
         if end > inode.size:  # before the copy: growing zeroes the old EOF block past the old size
-            self._grow_size(inode, end)
+            self._grow_size(inode, end, off)
             inode.size = end
         self._copy_in(inode, ext.iomap(off // BS, (end - 1) // BS + 1 - off // BS), off, data)
         self._touch(inode)
@@ -191,9 +191,11 @@ class DataPath(Mappings):
             inode.dirty_data = []
         self.region.persist_ranges(runs)
 
-    def _grow_size(self, inode: Inode, new_size: int) -> None:
+    def _grow_size(self, inode: Inode, new_size: int, stored_from: int | None = None) -> None:
         """Before i_size grows: zero the old EOF block past the old size (it may hold bytes a
-        truncate cut off), and mark the newly exposed blocks unstable."""
+        truncate cut off), and mark the newly exposed blocks unstable. A write passes its offset
+        (`stored_from`): it stores its own bytes from there right after, so only the gap before them
+        needs zeros."""
         old = inode.size
         if new_size <= old:
             return
@@ -201,7 +203,9 @@ class DataPath(Mappings):
             m = self._extents(inode).iomap(old // BS, 1)[0]
             if m.state == WRITTEN:
                 end = min(new_size, (old // BS + 1) * BS)
-                self._store(inode, m.pblk * BS + old % BS, bytes(end - old))
+                gap = end if stored_from is None else max(old, min(end, stored_from))
+                if gap > old:
+                    self._store(inode, m.pblk * BS + old % BS, bytes(gap - old))
                 self.journal.ordered(m.pblk * BS + old % BS, end - old)  # I1: durable before the new size
         inode.unstable.mark(old // BS, (new_size + BS - 1) // BS, self.journal.running_tid)
         inode.unstable.size_tid = self.journal.running_tid

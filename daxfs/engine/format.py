@@ -72,9 +72,10 @@ class BlockHeader:
 
 def block_crc(block: bytes | bytearray | memoryview) -> int:
     """CRC-32C of a block with its crc field taken as zero."""
-    c = crc32c.crc32c(block[:CRC_OFFSET])
+    mv = memoryview(block)  # slices of a view copy nothing (every commit seals its blocks)
+    c = crc32c.crc32c(mv[:CRC_OFFSET])
     c = crc32c.crc32c(_ZERO_CRC, c)
-    return crc32c.crc32c(block[CRC_OFFSET + 4:], c)
+    return crc32c.crc32c(mv[CRC_OFFSET + 4:], c)
 
 
 def new_block(h: BlockHeader) -> bytearray:

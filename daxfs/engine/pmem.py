@@ -88,7 +88,10 @@ class PmemRegion:
         self._buf[off:off + mv.nbytes] = mv
 
     def zero(self, off: int, n: int) -> None:
-        self.mem[off:off + n] = 0
+        if n < _PWRITE_MIN:  # a write's edges: numpy's slicing costs more than the bytes
+            self._buf[off:off + n] = bytes(n)
+        else:
+            self.mem[off:off + n] = 0
 
     # --- durability --------------------------------------------------------------------------------
     def discard(self, off: int, n: int) -> None:
