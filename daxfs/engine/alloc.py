@@ -23,6 +23,9 @@ from daxfs.engine.journal import Journal
 
 BITS_PER_BLOCK = fmt.PAYLOAD * 8
 _WINDOW = 1 << 16
+_NEAR = 1 << 8  # the first window of a search (it grows to _WINDOW)
+GROW_ROOM = 16  # free blocks a file's first allocation looks for (Allocator.alloc_blocks)
+ROOM_SEARCH = 16 * _WINDOW  # bits Bitmap.room() looks at per call (about 1.5 ms at most)
 
 
 class Bitmap:
@@ -47,6 +50,8 @@ class Bitmap:
         self.free_now = int(np.count_nonzero(~self.busy))
         self.free_ondisk = int(np.count_nonzero(~self.ondisk[first:]))
         self.pending = 0  # bits freed, not yet reusable
+        self._room = first  # where room() goes on looking
+        self._room_misses = 0  # room()'s calls since it last found one
 
     # --- on-image bits ----------------------------------------------------------------------------
     def _store(self, lo: int, hi: int) -> None:
@@ -96,12 +101,14 @@ class Bitmap:
         """Clear and make allocatable at once (inodes: reuse in a later transaction is safe)."""
         self.ondisk[lo:lo + n] = False
         self.busy[lo:lo + n] = False
+        self._room_misses = 0
         self.free_now += n
         self.free_ondisk += n
         self._store(lo, lo + n)
 
     def reusable(self, lo: int, n: int) -> None:
         """The freeing transaction was checkpointed."""
+        self._room_misses = 0
         self.busy[lo:lo + n] = self.ondisk[lo:lo + n]
         self.free_now += int(np.count_nonzero(~self.busy[lo:lo + n]))
         self.pending -= n
@@ -152,12 +159,35 @@ class Bitmap:
             pos = lo + ln
         return out
 
-    def _first_run(self, goal: int, n: int, whole: bool) -> tuple[int, int] | None:
-        """The first free run at or after goal (wrapping) of length >= n (whole) or of any length."""
-        for lo0, hi0 in ((goal, self.nbits), (self.first, goal)):
+    def room(self, n: int) -> int | None:
+        """Where a free run of n bits starts, or None if the search has not found one yet. The search
+        goes on from where it stopped the last time (it wraps at the end) and looks at most
+        ROOM_SEARCH bits per call: over a fragmented stretch, successive calls walk across it. After
+        a whole lap without a find it stops looking until bits are freed."""
+        if self._room_misses * ROOM_SEARCH >= self.nbits:
+            return None
+        lo = self._room
+        found = self._first_run(lo, n, whole=True, spans=((lo, min(self.nbits, lo + ROOM_SEARCH)),))
+        if found is not None:
+            self._room, self._room_misses = found[0], 0
+            return found[0]
+        self._room = lo + ROOM_SEARCH if lo + ROOM_SEARCH < self.nbits else self.first
+        self._room_misses += 1
+        return None
+
+    def room_near(self, goal: int, n: int) -> int | None:
+        """Where a free run of n bits starts at or after goal, within one window of it."""
+        found = self._first_run(goal, n, whole=True, spans=((goal, min(self.nbits, goal + _WINDOW)),))
+        return None if found is None else found[0]
+
+    def _first_run(self, goal: int, n: int, whole: bool, spans=None) -> tuple[int, int] | None:
+        """The first free run at or after goal (wrapping, unless `spans` says where to look) of length
+        >= n (whole) or of any length."""
+        for lo0, hi0 in spans or ((goal, self.nbits), (self.first, goal)):
             lo = lo0
-            while lo < hi0:
-                hi = min(hi0, lo + _WINDOW + n)
+            w = _NEAR  # look near the goal first: free space is usually close (a file written with
+            while lo < hi0:  # holes leaves one free block between each of its own)
+                hi = min(hi0, lo + w + n)
                 free = ~self.busy[lo:hi]
                 edges = np.diff(np.concatenate(([0], free.view(np.int8), [0])))
                 starts = np.flatnonzero(edges == 1)
@@ -169,7 +199,8 @@ class Bitmap:
                     ok = np.flatnonzero(lens >= n)
                     if len(ok):
                         return lo + int(starts[ok[0]]), n
-                lo += _WINDOW
+                lo += w
+                w = min(w * 16, _WINDOW)
         return None
 
 
@@ -187,8 +218,16 @@ class Allocator:
 
     def alloc_blocks(self, n: int, goal: int = 0, max_runs: int = 0) -> list[tuple[int, int]]:
         """Runs totalling n blocks, or fewer blocks in at most max_runs runs (an operation that
-        allocates in pieces, so that each piece's new extents fit a transaction)."""
-        runs = self.blocks.find(n, goal or self.cursor)
+        allocates in pieces, so that each piece's new extents fit a transaction). Without a goal (a
+        file's first blocks), where GROW_ROOM blocks are free: room to grow in one extent, rather than
+        the first free block between others' (ext4's preallocation, simply); and where the block after
+        a file's last one is taken, such a run near it."""
+        bits = self.blocks
+        if not goal:
+            goal = bits.room(max(n, GROW_ROOM)) or self.cursor
+        elif n < GROW_ROOM and goal < bits.nbits and bits.busy[goal]:
+            goal = bits.room_near(goal, GROW_ROOM) or goal
+        runs = bits.find(n, goal)
         if max_runs:
             runs = runs[:max_runs]
         for lo, ln in runs:

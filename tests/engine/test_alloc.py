@@ -57,6 +57,33 @@ def test_interleaved_files_each_stay_contiguous_where_room_allows(fs):
     assert len(fs.inode(a).extents) <= 2 and len(fs.inode(b).extents) <= 2
 
 
+def test_a_new_file_and_an_append_whose_next_block_is_taken_go_where_there_is_room(fs):
+    """A file written with holes leaves one free block between each of its blocks: a new file must not
+    start in those gaps, nor an append be scattered over them (each scan of the gaps also cost a
+    numpy search per block: 200 us per 4 KiB append on a 64 GiB image, 23 us now)."""
+    sparse = mkfile(fs, b"sparse")
+    for i in range(256):
+        fs.write(sparse, 2 * i * BS, b"s" * BS)
+    gaps = {lo for lo in range(min(pblocks(fs, sparse)), max(pblocks(fs, sparse)))} - pblocks(fs, sparse)
+    assert len(gaps) >= 200  # the pattern this test is about
+    fs.alloc.cursor = fs.sb.data_start  # as after a mount: the search starts at the beginning
+    new = mkfile(fs, b"new")
+    for i in range(64):
+        fs.write(new, i * BS, b"n" * BS)
+    assert len(fs.inode(new).extents) == 1 and not pblocks(fs, new) & gaps
+    # An append whose next block another file took: it jumps to a run with room, once.
+    blocker = mkfile(fs, b"blocker", b"b" * BS)
+    taken = min(pblocks(fs, blocker))
+    grow = mkfile(fs, b"grow")
+    fs.write(grow, 0, b"g" * BS)
+    assert min(pblocks(fs, grow)) == taken + 1
+    fs.write(blocker, BS, b"b" * BS)  # takes the block right after grow's
+    for i in range(1, 33):
+        fs.write(grow, i * BS, b"g" * BS)
+    assert len(fs.inode(grow).extents) == 2 and not pblocks(fs, grow) & gaps
+    assert fs.read(grow, 0, 33 * BS) == b"g" * (33 * BS)
+
+
 def test_a_write_larger_than_free_space_writes_what_fits_then_enospc_changes_nothing(fs):
     """POSIX: a write that runs out of space writes what fits and returns the short count; only a
     write of which nothing fits fails, and that one changes nothing at all."""
