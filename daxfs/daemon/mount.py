@@ -195,7 +195,7 @@ def serve(image: str, mountpoint: str, opts: MountOptions, tell) -> None:
     from daxfs.daemon.control import ControlServer, kill_self, register_crash_ops
     from daxfs.daemon.faults import FaultService, revoke_stale
     from daxfs.daemon.fuseops import DaxOperations
-    from daxfs.daemon.session import SessionLoop
+    from daxfs.daemon.session import SessionLoop, unsupported as session_unsupported
     from daxfs.daemon.stats import DaemonStats
     from daxfs.daemon.syncrule import SyncRule
     from daxfs.engine.fs import FileSystem
@@ -236,10 +236,14 @@ def serve(image: str, mountpoint: str, opts: MountOptions, tell) -> None:
         fuse_opts.add("noatime")  # the kernel then updates no atime of its own either
     if shim is not None:
         shim.attach(ops)
-    loop = None
+    loop = None  # pyfuse3.main() serves instead (docs/design.md, "The session loop")
     if shim is not None and os.environ.get("DAXFS_SESSION_LOOP", "daxfs") != "pyfuse3":
-        loop = SessionLoop(shim, stats)
-        loop.install(ops)
+        why = session_unsupported()
+        if why is None:
+            loop = SessionLoop(shim, stats)
+            loop.install(ops)
+        else:
+            log.warning("%s: pyfuse3's own session loop serves this mount (slower)", why)
     try:
         pyfuse3.init(ops, mountpoint, fuse_opts)
     except RuntimeError as e:

@@ -20,17 +20,17 @@ coroutine is run at once, on this task, from inside the handler (run_eagerly):
     loop's task, which waits for it as pyfuse3's worker would, serving nothing else meanwhile.
 The order of requests, and that no two interleave inside one metadata change, is as under pyfuse3.
 
-Needs the shim (it owns the session). Without it, or with DAXFS_SESSION_LOOP=pyfuse3 in the daemon's
+Needs the shim (it owns the session) and pyfuse3 3.x, whose handlers make their coroutines as above
+(unsupported() says why not). Without them, or with DAXFS_SESSION_LOOP=pyfuse3 in the daemon's
 environment (to compare), the daemon runs pyfuse3.main() as before.
 """
 
 from __future__ import annotations
 
-import errno
-import fcntl
 import logging
 import os
 import types
+from importlib.metadata import version
 
 import pyfuse3
 import trio
@@ -78,6 +78,19 @@ def _resume(coro, trap=None, started=False):
 
 async def _finish(coro) -> None:
     await _resume(coro)
+
+
+# Request coroutines that every FUSE file system gets (pyfuse3 makes the others the same way).
+_CORE = ("fuse_lookup_async", "fuse_getattr_async", "fuse_write_async", "fuse_read_async", "fuse_open_async")
+
+
+def unsupported() -> str | None:
+    """Why this loop cannot serve the installed pyfuse3 (None: it can)."""
+    v = version("pyfuse3")
+    if v.split(".")[0] != "3":
+        return f"pyfuse3 {v} (the session loop knows 3.x)"
+    missing = [name for name in _CORE if not callable(getattr(pyfuse3, name, None))]
+    return f"pyfuse3 {v} has no {', '.join(missing)}" if missing else None
 
 
 class SessionLoop:

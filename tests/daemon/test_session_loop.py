@@ -155,3 +155,12 @@ def test_pyfuse3s_loop_on_request(tmp_path, monkeypatch):
         assert read_file(m / "f") == b"".join(pattern(1000 + i, BS) for i in range(4))
         st = m.stats()
         assert (st["session_loop"], st["detached_requests"]) == ("pyfuse3", 0)
+
+
+def test_the_loop_serves_the_installed_pyfuse3_and_says_why_it_would_not(monkeypatch):
+    assert session.unsupported() is None  # else every mount here would run pyfuse3.main()
+    import pyfuse3
+    monkeypatch.delattr(pyfuse3, "fuse_write_async")
+    assert "has no fuse_write_async" in session.unsupported()
+    monkeypatch.setattr(session, "version", lambda name: "4.0.0")
+    assert session.unsupported() == "pyfuse3 4.0.0 (the session loop knows 3.x)"
