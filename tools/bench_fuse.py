@@ -109,7 +109,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from bench_fuse_mounts import BASE, GiB, MiB, PWRITE_FILE, READDIR_DIR, REPO, Meter, Workspace, build_scale_image  # noqa: E402
+from bench_fuse_mounts import BASE, BS, GiB, MiB, PWRITE_FILE, READDIR_DIR, REPO, Meter, Workspace, build_scale_image  # noqa: E402
 from bench_fuse_rows import (CHUNK, Cell, Ctx, Params, Row, Samples2, make_tree_tar, median, p90,  # noqa: E402
                              prepare_file, prepare_layout, rows, table2_round)
 
