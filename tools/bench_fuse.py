@@ -80,6 +80,14 @@ Requests are counted around the measured region only (snapshots are taken outsid
 wait for what the kernel sends in the background, such as RELEASE and FORGET) and divided by the
 operations in it, summed over all rounds.
 
+Placement (--cpu N). Every row here is a ping-pong between the workload and one daemon, and on these
+2-vCPU virtual machines a wakeup across CPUs costs tens of microseconds each way: a 4 KiB pwrite to
+daxfs measured 22 us with the workload and the daemon on the same CPU and 96 us on different ones
+(taskset, same mount, same minute). Where the scheduler puts them changes from run to run, which is
+most of this benchmark's noise, for every file system alike. --cpu N runs the benchmark, and so every
+daemon it starts and every workload, on CPU N: the figures then leave out the cross-CPU wakeup and
+vary far less; the default leaves placement to the scheduler, as a user's machine would.
+
 passthroughfs.py is not kept in this repository: it is taken from the pyfuse3 sdist of the installed
 pyfuse3 version at run time (`pip download --no-binary :all:`) into a temporary directory.
 
@@ -87,6 +95,7 @@ pyfuse3 version at run time (`pip download --no-binary :all:`) into a temporary 
     .venv/bin/python tools/bench_fuse.py --quick         # short run
     .venv/bin/python tools/bench_fuse.py --scale         # and the 64 GiB, 100,000-file image (+5 minutes)
     .venv/bin/python tools/bench_fuse.py --rows pwrite,append --rounds 9 --json out.json
+    .venv/bin/python tools/bench_fuse.py --quick --cpu 0   # everything on CPU 0: steadier figures
 
 Every mount is unmounted and every temporary file, directory and image removed on exit, on error and
 on Ctrl-C/SIGTERM.
@@ -281,17 +290,25 @@ def warm_up(m) -> None:
 @click.option("--other", type=click.Choice(["msync-flipped", "pyfuse3-loop"]), default="msync-flipped", show_default=True,
               help="the second daxfs column: the headline with msync flipped, or the headline run by pyfuse3.main() "
                    "instead of daxfs's own session loop (DAXFS_SESSION_LOOP=pyfuse3)")
+@click.option("--cpu", "pin_cpu", type=int, default=None,
+              help="run this benchmark and every daemon it starts on this one CPU (see 'Placement' above)")
 @click.option("--scale", is_flag=True, help="also run every row on a 64 GiB image with 100,000 files (table 3)")
 @click.option("--rows", "only", default=None, help="comma-separated row keys to run (default: all)")
 @click.option("--seed", type=int, default=1, show_default=True, help="seed of the random offsets and the tar tree")
 @click.option("--skip-table2", is_flag=True, help="no table 2")
 @click.option("--json", "json_path", type=click.Path(dir_okay=False, writable=True), default=None,
               help="also write every figure to this JSON file")
-def main(quick: bool, rounds: int | None, seq_mib: int | None, headline: str, other: str, scale: bool, only: str | None,
+def main(quick: bool, rounds: int | None, seq_mib: int | None, headline: str, other: str, pin_cpu: int | None,
+         scale: bool, only: str | None,
          seed: int, skip_table2: bool, json_path: str | None) -> None:
     """daxfs vs pyfuse3's passthroughfs.py, with and without xattrs, over tmpfs (table 1; table 3 with
     --scale), and daxfs sync vs normal mode (table 2)."""
     t_start = time.monotonic()
+    if pin_cpu is not None:
+        try:  # inherited by every mount's daemon, passthroughfs and the workloads' children
+            os.sched_setaffinity(0, {pin_cpu})
+        except (OSError, ValueError) as e:
+            raise click.BadParameter(f"cannot run on CPU {pin_cpu}: {e}", param_hint="--cpu") from None
     if quick:
         p = Params(rounds=rounds or 2, seq_mib=seq_mib or 16, pwrite_file_mib=8, pwrites=500, appends=500, stats=2000,
                    creates=300, mkdirs=300, renames=300, readdir_entries=2000, listings=1, sqlite_inserts=200,

@@ -90,7 +90,8 @@ def put_header(b: bytearray, h: BlockHeader) -> None:
 
 def seal(b: bytearray) -> bytearray:
     """Write the block's checksum into its header; the last step before a block leaves memory."""
-    struct.pack_into("<I", b, CRC_OFFSET, block_crc(b))
+    b[CRC_OFFSET:CRC_OFFSET + 4] = _ZERO_CRC  # then one pass over the block gives block_crc(b)
+    struct.pack_into("<I", b, CRC_OFFSET, crc32c.crc32c(b))
     return b
 
 
