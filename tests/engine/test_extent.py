@@ -5,10 +5,13 @@ from __future__ import annotations
 import time
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from sortedcontainers import SortedDict
 
 from daxfs.engine import format as fmt
 from daxfs.engine.errors import CorruptImage
-from daxfs.engine.extent import HOLE, UNWRITTEN, WRITTEN
+from daxfs.engine.extent import HOLE, UNWRITTEN, WRITTEN, Extent, ExtentMap
 from helpers import MiB, crash, mkfile, reopen
 
 
@@ -169,3 +172,23 @@ def test_a_file_can_be_sparse_far_beyond_the_image_size(fs):
     fs.write(ino, far, b"!")
     assert fs.inode(ino).size == far + 1 and fs.inode(ino).blocks == 1
     assert fs.read(ino, far - 5, 10) == bytes(5) + b"!"
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.tuples(st.integers(0, 3000), st.integers(1, 9)), max_size=400),
+       st.lists(st.tuples(st.integers(0, 3100), st.integers(1, 60)), min_size=1, max_size=20))
+def test_overlapping_extents_are_those_a_plain_scan_finds(spans, queries):
+    """_overlapping walks sortedcontainers' sorted lists directly (for speed at 100,000 extents); a
+    plain scan of every extent is the reference. Maps of up to 400 extents span several of its
+    sublists (its load factor is 1,000 keys, split at 2,000: shrunk here to split often)."""
+    m = ExtentMap.__new__(ExtentMap)
+    m.map = SortedDict()
+    m.map._list._reset(8)  # sublists of 8 to 16 keys, so that a small map has many
+    end = -1
+    for lblk, ln in sorted(spans):
+        if lblk >= end:  # keep them disjoint, as a file's extents are
+            m.map[lblk] = Extent(lblk, ln, 1000 + lblk, WRITTEN)
+            end = lblk + ln
+    for lo, n in queries:
+        want = [e for e in m.map.values() if e.lblk < lo + n and e.end > lo]
+        assert m._overlapping(lo, lo + n) == want
