@@ -240,7 +240,7 @@ def serve(image: str, mountpoint: str, opts: MountOptions, tell) -> None:
     if shim is not None and os.environ.get("DAXFS_SESSION_LOOP", "daxfs") != "pyfuse3":
         why = session_unsupported()
         if why is None:
-            loop = SessionLoop(shim, stats)
+            loop = SessionLoop(shim, stats, opts.spin)
             loop.install(ops)
         else:
             log.warning("%s: pyfuse3's own session loop serves this mount (slower)", why)

@@ -19,6 +19,7 @@ KERNEL_FLAGS = {"dev": ("dev", True), "nodev": ("dev", False), "suid": ("suid", 
                 "exec": ("exec", True), "noexec": ("exec", False)}
 ATIME_MODES = ("relatime", "strictatime", "noatime")
 MAX_FAULT_AROUND = 512  # 2 MiB: a huge page's worth
+MAX_SPIN_US = 1000
 
 
 @dataclass
@@ -43,6 +44,7 @@ class MountOptions:
     lazytime: bool = False
     fault_around: int = 16  # pages a real fault maps at once (daemon/userfaults.py); 1: one per fault
     acl: bool = True  # POSIX ACLs enforced by the kernel (FUSE_POSIX_ACL), as ext4's default; noacl: off
+    spin: int = 50  # µs the session loop polls for the next request before it sleeps (daemon/session.py)
 
     def kernel_options(self) -> set[str]:
         """What FUSE's mount is told: its flags, spelled as mount(8) spells them."""
@@ -67,6 +69,7 @@ class MountOptions:
         if self.lazytime:
             opts.append("lazytime")
         opts.append(f"fault_around={self.fault_around}")
+        opts.append(f"spin={self.spin}")
         if not self.acl:
             opts.append("noacl")
         return ",".join(opts)
@@ -97,6 +100,10 @@ def parse_options(texts: list[str]) -> MountOptions:
                 if not value.isdigit() or not 1 <= int(value) <= MAX_FAULT_AROUND:
                     raise DaxfsError(f"fault_around={value}: a number of pages from 1 to {MAX_FAULT_AROUND}")
                 o.fault_around = int(value)
+            elif key == "spin":
+                if not value.isdigit() or int(value) > MAX_SPIN_US:
+                    raise DaxfsError(f"spin={value}: microseconds from 0 to {MAX_SPIN_US}")
+                o.spin = int(value)
             elif key == "log" and value:
                 o.log = os.path.abspath(value)
             elif key == "crash_at":

@@ -19,6 +19,9 @@ coroutine is run at once, on this task, from inside the handler (run_eagerly):
   * it suspends on anything else (it was not written to detach): it still runs correctly, on the
     loop's task, which waits for it as pyfuse3's worker would, serving nothing else meanwhile.
 The order of requests, and that no two interleave inside one metadata change, is as under pyfuse3.
+Every BATCH requests served back to back the loop lets trio's other tasks run (detached requests,
+real faults, the control socket, the periodic commit). When the descriptor is empty it polls it for
+`-o spin` microseconds (default 50) before it sleeps (_next_soon says why).
 
 Needs the shim (it owns the session) and pyfuse3 3.x, whose handlers make their coroutines as above
 (unsupported() says why not). Without them, or with DAXFS_SESSION_LOOP=pyfuse3 in the daemon's
@@ -29,6 +32,8 @@ from __future__ import annotations
 
 import logging
 import os
+import select
+import time
 import types
 from importlib.metadata import version
 
@@ -37,6 +42,7 @@ import trio
 
 log = logging.getLogger("daxfs")
 
+BATCH = 16  # requests served back to back before the other trio tasks get a turn
 _DETACH = object()  # what detach() yields: "finish me on a task of my own"
 _eager = False  # True while run_eagerly runs a request on the loop's task
 
@@ -94,9 +100,10 @@ def unsupported() -> str | None:
 
 
 class SessionLoop:
-    def __init__(self, shim, stats) -> None:
+    def __init__(self, shim, stats, spin_us: int = 0) -> None:
         self.shim = shim
         self.stats = stats
+        self.spin = spin_us / 1e6
         self.nursery: trio.Nursery | None = None
         self.pending: list = []  # (coroutine, trap): requests that suspended without detaching
         stats.session_loop = "daxfs"
@@ -138,25 +145,49 @@ class SessionLoop:
             self.run_eagerly(fn(*args))
         return start
 
+    def _next_soon(self, poller) -> bool:
+        """Poll for the next request for up to `spin` seconds, yielding the CPU between looks: a
+        workload on this CPU runs at once, and one on the other CPU finds this one awake. On these
+        2-vCPU virtual machines a wakeup across CPUs costs ~50 µs (a 4 KiB pwrite: 76 µs across CPUs
+        sleeping, 34 spinning, 22 on one CPU). Trio's other tasks (real faults, the control socket)
+        wait meanwhile, at most `spin`."""
+        deadline = time.perf_counter() + self.spin
+        while time.perf_counter() < deadline:
+            os.sched_yield()
+            if poller.poll(0):
+                self.stats.spin_hits += 1
+                return True
+        return False
+
     async def run(self) -> None:
         """Serve until the session ends (unmount, pyfuse3.terminate())."""
         fd = self.shim.session_fd()
         os.set_blocking(fd, False)
         serve_one = self.shim.serve_one
+        poller = select.poll()
+        poller.register(fd, select.POLLIN)
         async with trio.open_nursery() as nursery:
             self.nursery = nursery
             pyfuse3.trio_token = trio.lowlevel.current_trio_token()
             try:
+                served = 0  # since the loop last let trio's other tasks run
                 while True:
                     r = serve_one()
                     if r > 0:
                         while self.pending:
                             await self.finish_pending()
+                        served += 1
+                        if served >= BATCH:  # a steady stream must not starve the other tasks
+                            served = 0
+                            await trio.lowlevel.checkpoint()
                         continue
                     if r < 0:
                         if r == -1:
                             return  # the session ended
                         raise OSError(-r, "reading /dev/fuse: " + os.strerror(-r))
+                    if self.spin and self._next_soon(poller):
+                        continue
+                    served = 0
                     try:
                         await trio.lowlevel.wait_readable(fd)
                     except trio.ClosedResourceError:

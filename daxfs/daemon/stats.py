@@ -68,6 +68,7 @@ class DaemonStats:
     session_loop: str = "pyfuse3"
     detached_requests: int = 0  # requests that waited (for a commit) on a task of their own
     blocking_requests: int = 0  # requests that waited without detaching: the loop waited too (expect 0)
+    spin_hits: int = 0  # requests the loop found while it polled (-o spin) instead of sleeping
     writes: int = 0
     bytes_written: int = 0
     reads: int = 0

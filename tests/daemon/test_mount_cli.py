@@ -126,7 +126,7 @@ def test_mount_errors_are_one_line(daxmount, tmp_path):
     assert_one_line_error(p)
     assert p.stdout == "" and not is_mounted(m.mnt)
     for bad in ("bogus", "commit=abc", "commit=0", "commit=-1", "crash_at=nowhere:1", "map_sync=1", "fault_around=0",
-                "fault_around=513", "fault_around=x"):
+                "fault_around=513", "fault_around=x", "spin=1001", "spin=-1", "spin=x"):
         p = daxfs("mount", m.image, m.mnt, "-o", bad)
         assert_one_line_error(p)
         assert not is_mounted(m.mnt)

@@ -10,7 +10,7 @@ import subprocess
 
 import pytest
 
-from daxfs.daemon.options import parse_options
+from daxfs.daemon.options import MountOptions, parse_options
 from daxfs.engine.mounttab import mount_entry
 from helpers import DAXFS, errno_of, read_file, write_file
 
@@ -99,6 +99,12 @@ def test_atime_options_round_trip_to_the_daemon():
     again = parse_options([o.to_string()])
     assert (again.atime, again.diratime, again.lazytime, again.dev, again.exec) == ("noatime", False, True, True, False)
     assert parse_options(["strictatime,atime"]).atime == "relatime"
+
+
+def test_spin_round_trips_to_the_daemon_and_defaults_to_50_microseconds():
+    assert MountOptions().spin == 50
+    assert parse_options([parse_options(["spin=0"]).to_string()]).spin == 0
+    assert parse_options([parse_options(["spin=1000"]).to_string()]).spin == 1000
 
 
 def test_remount_read_only_and_back_without_losing_the_mount(daxmount):

@@ -14,6 +14,7 @@ from __future__ import annotations
 import multiprocessing
 import os
 import signal
+import time
 
 import pytest
 import trio
@@ -112,6 +113,43 @@ def test_an_exception_in_a_request_is_logged_and_the_loop_goes_on(caplog):
     assert "got no reply" in caplog.text and "boom" in caplog.text
 
 
+class FloodShim:
+    """A session whose queue is never empty for `n` requests, then ends (stands in for fuseshim)."""
+
+    def __init__(self, n: int) -> None:
+        self.n, self.served = n, 0
+        self.r, self.w = os.pipe()
+
+    def session_fd(self) -> int:
+        return self.r
+
+    def serve_one(self) -> int:
+        self.served += 1
+        return 1 if self.served <= self.n else -1
+
+
+def test_a_queue_that_never_empties_still_lets_the_other_tasks_run():
+    """Detached requests, real faults, the control socket and the periodic commit are trio tasks
+    beside the loop: a steady stream of requests must not keep them out (every BATCH requests)."""
+    shim = FloodShim(10 * session.BATCH)
+    seen = []
+
+    async def other_task():
+        while True:
+            seen.append(shim.served)
+            await trio.sleep(0)
+
+    async def main():
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(other_task)
+            await session.SessionLoop(shim, DaemonStats(), spin_us=0).run()
+            nursery.cancel_scope.cancel()
+
+    trio.run(main)
+    during = [n for n in seen if 0 < n <= shim.n]
+    assert len(during) >= 8, seen[:20]
+
+
 # --- through mounts ---------------------------------------------------------------------------------
 def sync_appends(path: str, n: int, seed: int) -> None:
     fd = os.open(path, os.O_CREAT | os.O_WRONLY | os.O_APPEND, 0o644)
@@ -164,3 +202,17 @@ def test_the_loop_serves_the_installed_pyfuse3_and_says_why_it_would_not(monkeyp
     assert "has no fuse_write_async" in session.unsupported()
     monkeypatch.setattr(session, "version", lambda name: "4.0.0")
     assert session.unsupported() == "pyfuse3 4.0.0 (the session loop knows 3.x)"
+
+
+
+@pytest.mark.mount
+def test_the_loop_polls_for_the_next_request_unless_spin_is_0(tmp_path):
+    for opts, polled in (("", True), ("spin=0", False)):
+        with mounted(tmp_path, opts, name=f"spin{opts or 'default'}") as m:
+            fd = os.open(m / "f", os.O_CREAT | os.O_WRONLY, 0o644)
+            try:
+                for i in range(300):
+                    os.pwrite(fd, b"x" * BS, (i % 8) * BS)  # back to back, as a program's writes come
+            finally:
+                os.close(fd)
+            assert (m.stats()["spin_hits"] > 0) == polled, opts
