@@ -72,7 +72,7 @@ class BlockHeader:
 
 def block_crc(block: bytes | bytearray | memoryview) -> int:
     """CRC-32C of a block with its crc field taken as zero."""
-    mv = memoryview(block)  # slices of a view copy nothing (every commit seals its blocks)
+    mv = memoryview(block)  # slices of a view copy nothing (every metadata block read is checked)
     c = crc32c.crc32c(mv[:CRC_OFFSET])
     c = crc32c.crc32c(_ZERO_CRC, c)
     return crc32c.crc32c(mv[CRC_OFFSET + 4:], c)
